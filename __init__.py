@@ -1,0 +1,21 @@
+"""chimera: a pure-functional LLM inference runtime on JAX."""
+
+from chimera.runtime.protocol import Context, register_ffn, register_mixer
+from chimera.runtime.state import DecodeState
+from chimera.architectures.config import ConfigError, ModelConfig, list_presets, load_config
+
+# Built-in blocks register themselves on import.
+from chimera.attention.attention import Attention
+from chimera.moe.mlp import GatedMLP
+
+from chimera.runtime.model import Model, build
+from chimera.runtime.sampling import Sampling
+from chimera.runtime.engine import Engine, Generation
+from chimera.architectures.hf import from_hf
+from chimera.sharding.mesh import make_mesh
+
+__all__ = [
+    "Attention", "ConfigError", "Context", "DecodeState", "Engine", "GatedMLP", "Generation", "Model",
+    "ModelConfig", "Sampling", "build", "from_hf", "list_presets", "load_config", "make_mesh",
+    "register_ffn", "register_mixer",
+]

@@ -1,0 +1,125 @@
+"""Multi-head attention with grouped KV heads (MHA / GQA / MQA), RoPE and a full KV cache.
+
+The cache holds K and V as separate arrays [B, max_len, n_kv_heads, head_dim],
+written in place at each token's absolute position; padding tokens are never written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from chimera.architectures.config import ConfigError, require_positive
+from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies
+from chimera.runtime.protocol import Context, register_mixer
+
+
+def write_cache(cache: jax.Array, new: jax.Array, ctx: Context) -> jax.Array:
+    """cache [B, S, ...], new [B, T, ...] -> cache with new[b, t] at slot positions[b, t].
+
+    Padding tokens get the out-of-range slot S, which the scatter drops; so does
+    nothing else (callers check capacity before they extend).
+    """
+    batch, slots = cache.shape[:2]
+    slot = jnp.where(ctx.valid, ctx.positions, slots)  # [B, T]
+    rows = jnp.arange(batch)[:, None]  # [B, 1]
+    return cache.at[rows, slot].set(new.astype(cache.dtype), mode="drop")
+
+
+@register_mixer("attention")
+@dataclasses.dataclass(frozen=True)
+class Attention:
+    """Causal attention. `n_kv_heads` defaults to `n_heads` (MHA); 1 is MQA.
+    `head_dim` defaults to d_model // n_heads."""
+    d_model: int
+    n_heads: int
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    qkv_bias: bool = False
+    out_bias: bool = False
+
+    def __post_init__(self):
+        require_positive(self, "n_heads", "n_kv_heads", "head_dim", "rope_theta")
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ConfigError("head_dim", f"not given, and d_model {self.d_model} is not divisible "
+                                              f"by n_heads {self.n_heads}")
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError("n_kv_heads", f"{self.n_kv_heads} does not divide n_heads {self.n_heads}")
+        if self.head_dim % 2:
+            raise ConfigError("head_dim", f"must be even for RoPE, got {self.head_dim}")
+
+    @property
+    def inv_freq(self) -> np.ndarray:
+        return inverse_frequencies(self.head_dim, self.rope_theta, self.rope_scaling)
+
+    def init(self, key):
+        k_q, k_k, k_v, k_o = jax.random.split(key, 4)
+        d, h, kv, hd = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
+        params = {
+            "wq": jax.random.normal(k_q, (d, h, hd)) * d ** -0.5,
+            "wk": jax.random.normal(k_k, (d, kv, hd)) * d ** -0.5,
+            "wv": jax.random.normal(k_v, (d, kv, hd)) * d ** -0.5,
+            "wo": jax.random.normal(k_o, (h, hd, d)) * (h * hd) ** -0.5,
+        }
+        if self.qkv_bias:
+            params |= {"bq": jnp.zeros((h, hd)), "bk": jnp.zeros((kv, hd)), "bv": jnp.zeros((kv, hd))}
+        if self.out_bias:
+            params["bo"] = jnp.zeros((d,))
+        return params
+
+    def param_axes(self):
+        axes = {"wq": ("embed", "heads", "head_dim"), "wk": ("embed", "kv_heads", "head_dim"),
+                "wv": ("embed", "kv_heads", "head_dim"), "wo": ("heads", "head_dim", "embed")}
+        if self.qkv_bias:
+            axes |= {"bq": ("heads", "head_dim"), "bk": ("kv_heads", "head_dim"), "bv": ("kv_heads", "head_dim")}
+        if self.out_bias:
+            axes["bo"] = ("embed",)
+        return axes
+
+    def init_state(self, batch_size, max_len, dtype):
+        shape = (batch_size, max_len, self.n_kv_heads, self.head_dim)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+    def state_axes(self):
+        axes = ("batch", "sequence", "kv_heads", "head_dim")
+        return {"k": axes, "v": axes}
+
+    def state_bytes(self, context: int, dtype) -> int:
+        return 2 * context * self.n_kv_heads * self.head_dim * jnp.dtype(dtype).itemsize
+
+    def flops_per_token(self, context: int) -> int:
+        projections = 2 * self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+        scores_and_mix = 4 * self.n_heads * self.head_dim * context
+        return projections + scores_and_mix
+
+    def __call__(self, params, x, state, ctx: Context):
+        q = jnp.einsum("btd,dhk->bthk", x, params["wq"])  # [B, T, H, Dh]
+        k = jnp.einsum("btd,dhk->bthk", x, params["wk"])  # [B, T, Hkv, Dh]
+        v = jnp.einsum("btd,dhk->bthk", x, params["wv"])  # [B, T, Hkv, Dh]
+        if self.qkv_bias:
+            q, k, v = q + params["bq"], k + params["bk"], v + params["bv"]
+        inv_freq = self.inv_freq
+        q = apply_rope(q, ctx.positions, inv_freq)
+        k = apply_rope(k, ctx.positions, inv_freq)
+
+        k_cache = write_cache(state["k"], k, ctx)  # [B, S, Hkv, Dh]
+        v_cache = write_cache(state["v"], v, ctx)
+        slots = jnp.arange(k_cache.shape[1])
+        # Slot j holds position j; a query sees every position up to its own, and
+        # stale slots past a sequence's length are always ahead of its queries.
+        mask = slots[None, None, :] <= ctx.positions[:, :, None]  # [B, T, S]
+        out = jax.nn.dot_product_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype),
+                                           mask=mask[:, None])  # [B, T, H, Dh]
+        y = jnp.einsum("bthk,hkd->btd", out, params["wo"])  # [B, T, D]
+        if self.out_bias:
+            y = y + params["bo"]
+        return y, {"k": k_cache, "v": v_cache}

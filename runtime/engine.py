@@ -1,0 +1,163 @@
+"""The Engine: batched generation with ragged prompts, stop tokens and seeded sampling.
+
+One `generate` is two device calls: a jitted prefill that allocates the decode state
+and samples each row's first token, and a jitted decode loop (`lax.while_loop`, stop
+checks on the device) that consumes the donated state. Shapes are bucketed to powers
+of two so a new prompt length rarely recompiles; the cache is sized to what the
+request needs (at most `max_len`), so a step reads no more cache than necessary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from chimera.runtime.model import Model
+from chimera.runtime.sampling import Sampling, sample
+from chimera.runtime.state import DecodeState
+
+STOP_SLOTS = 8  # stop-token lists are padded to a multiple of this, so their count rarely recompiles
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """tokens: the new tokens (a stop token that ended the row is included last).
+    finish_reason: "stop" (a stop token was generated) or "length" (max_new_tokens reached)."""
+    tokens: list[int]
+    finish_reason: str
+
+
+def bucket(n: int, minimum: int, cap: int | None = None) -> int:
+    """The smallest power of two >= max(n, minimum), at most `cap`."""
+    size = max(minimum, 1 << max(n - 1, 0).bit_length())
+    return size if cap is None else min(size, cap)
+
+
+class Engine:
+    def __init__(self, model: Model, params, max_batch: int = 8, max_len: int = 4096, mesh=None):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_len < 2:
+            raise ValueError(f"max_len must be >= 2, got {max_len}")
+        self.model = model
+        self.max_batch = max_batch
+        self.max_len = max_len
+        self.mesh = mesh
+        # With a mesh, params are replicated on it for now; sharded placement by the
+        # blocks' param_axes belongs to the sharding module.
+        self.params = jax.device_put(params, NamedSharding(mesh, PartitionSpec())) if mesh is not None else params
+
+    # --- device programs ---
+
+    @functools.cached_property
+    def prefill(self):
+        """(params, tokens [B,T], lengths [B], row_ids [B], seed; cache_len, sampling) -> (state, first [B])."""
+        def prefill(params, tokens, lengths, row_ids, seed, *, cache_len: int, sampling: Sampling):
+            state = self.model.init_state(tokens.shape[0], cache_len)
+            logits, state = self.model.extend_unchecked(params, state, tokens, lengths)
+            return state, sample(logits, row_keys(seed, row_ids, 0), sampling)
+        return jax.jit(prefill, static_argnames=("cache_len", "sampling"))
+
+    @functools.cached_property
+    def decode(self):
+        """(params, state, first [B], active [B], row_ids [B], seed, stop [S], max_new; out_len, sampling)
+        -> (tokens [B, out_len], counts [B], stopped [B], final state). Donating the state
+        lets XLA update the cache in place; the final state is returned so its buffers alias."""
+        def decode(params, state: DecodeState, first, active, row_ids, seed, stop_tokens, max_new,
+                   *, out_len: int, sampling: Sampling):
+            out = jnp.full((first.shape[0], out_len), -1, jnp.int32).at[:, 0].set(first)
+            counts = active.astype(jnp.int32)
+            stopped = active & jnp.isin(first, stop_tokens)
+            done = ~active | stopped | (counts >= max_new)
+
+            def keep_going(carry):
+                step, _, _, _, _, _, done = carry
+                return (step < max_new) & ~jnp.all(done)
+
+            def step_fn(carry):
+                step, state, last, out, counts, stopped, done = carry
+                logits, state = self.model.extend_unchecked(
+                    params, state, last[:, None], jnp.where(done, 0, 1).astype(jnp.int32))
+                token = sample(logits, row_keys(seed, row_ids, step), sampling)
+                token = jnp.where(done, last, token)
+                out = out.at[:, step].set(jnp.where(done, out[:, step], token))
+                counts = counts + (~done).astype(jnp.int32)
+                hit_stop = ~done & jnp.isin(token, stop_tokens)
+                stopped = stopped | hit_stop
+                done = done | hit_stop | (counts >= max_new)
+                return step + 1, state, token, out, counts, stopped, done
+
+            carry = (jnp.int32(1), state, first, out, counts, stopped, done)
+            _, state, _, out, counts, stopped, _ = jax.lax.while_loop(keep_going, step_fn, carry)
+            return out, counts, stopped, state
+        return jax.jit(decode, static_argnames=("out_len", "sampling"), donate_argnames=("state",))
+
+    # --- the public API ---
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
+                 sampling: Sampling = Sampling(), stop_tokens: Sequence[int] = ()) -> list[Generation]:
+        """Generate up to `max_new_tokens` new tokens for each prompt (lists of ints, any lengths)."""
+        self._check(prompts, max_new_tokens, sampling, stop_tokens)
+        n = len(prompts)
+        batch = bucket(n, 1, self.max_batch)
+        longest = max(len(p) for p in prompts)
+        tokens = np.zeros((batch, bucket(longest, 16)), np.int32)
+        lengths = np.zeros((batch,), np.int32)
+        for i, prompt in enumerate(prompts):
+            tokens[i, :len(prompt)] = prompt
+            lengths[i] = len(prompt)
+        needed = max(len(p) for p in prompts) + max_new_tokens
+        cache_len = bucket(needed, 64, self.max_len)
+        stop = np.full((bucket(len(stop_tokens), STOP_SLOTS),), -1, np.int32)
+        stop[:len(stop_tokens)] = list(stop_tokens)
+        static = dataclasses.replace(sampling, seed=0)  # the seed is traced, not compiled in
+        row_ids = jnp.arange(batch, dtype=jnp.int32)
+        seed = jnp.int32(sampling.seed)
+
+        state, first = self.prefill(self.params, tokens, lengths, row_ids, seed,
+                                    cache_len=cache_len, sampling=static)
+        out, counts, stopped, _ = self.decode(self.params, state, first, jnp.asarray(lengths > 0), row_ids, seed,
+                                           jnp.asarray(stop), jnp.int32(max_new_tokens),
+                                           out_len=bucket(max_new_tokens, 16), sampling=static)
+        out, counts, stopped = jax.device_get((out, counts, stopped))
+        return [Generation(tokens=out[i, :counts[i]].tolist(), finish_reason="stop" if stopped[i] else "length")
+                for i in range(n)]
+
+    def _check(self, prompts, max_new_tokens, sampling, stop_tokens):
+        vocab = self.model.config.vocab_size
+        if not isinstance(sampling, Sampling):
+            raise ValueError(f"sampling must be a chimera.Sampling, got {type(sampling).__name__}")
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+            raise ValueError("prompts must be a non-empty list of token-id lists")
+        if len(prompts) > self.max_batch:
+            raise ValueError(f"{len(prompts)} prompts exceed the engine's max_batch {self.max_batch}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, (str, bytes)) or not isinstance(prompt, Sequence):
+                raise ValueError(f"prompt {i} must be a list of token ids, got {type(prompt).__name__}")
+            if len(prompt) == 0:
+                raise ValueError(f"prompt {i} is empty")
+            for t, token in enumerate(prompt):
+                if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+                    raise ValueError(f"prompt {i} token {t} is not an integer: {token!r}")
+                if not 0 <= token < vocab:
+                    raise ValueError(f"prompt {i} token {t} = {token} is outside the vocabulary [0, {vocab})")
+            if len(prompt) + max_new_tokens > self.max_len:
+                raise ValueError(f"prompt {i} has {len(prompt)} tokens; with max_new_tokens={max_new_tokens} "
+                                 f"it would pass the engine's max_len {self.max_len}")
+        for token in stop_tokens:
+            if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not 0 <= token < vocab:
+                raise ValueError(f"stop token {token!r} is outside the vocabulary [0, {vocab})")
+
+
+def row_keys(seed, row_ids, step) -> jax.Array:
+    """One PRNG key per row for this step: a row's samples depend on (seed, row, step) only."""
+    base = jax.random.key(seed)
+    return jax.vmap(lambda row: jax.random.fold_in(jax.random.fold_in(base, row), step))(row_ids)

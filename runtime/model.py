@@ -1,0 +1,199 @@
+"""Model assembly: embeddings, a stack of pre-norm (mixer, ffn) layers, final norm, LM head.
+
+Layers are unrolled in Python with separate per-layer parameter arrays: on GPU this
+decodes ~2.5x faster than `lax.scan` over stacked weights (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from chimera.architectures.config import ModelConfig
+from chimera.runtime.norm import rms_norm
+from chimera.runtime.protocol import Context
+from chimera.runtime.state import DecodeState, empty_lengths
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A built model. Methods are pure; `forward` and `extend` are jitted and check
+    their inputs when called with concrete arrays (under a caller's jit they cannot)."""
+    config: ModelConfig
+    tokenizer: Any = None  # a `tokenizers.Tokenizer` when imported with one
+
+    @functools.cached_property
+    def blocks(self) -> list[tuple[Any, Any | None]]:
+        return self.config.layer_blocks()
+
+    @property
+    def dtype(self):
+        return jnp.dtype(self.config.dtype)
+
+    # --- parameters ---
+
+    def init(self, key) -> dict:
+        """Random parameters in the config's dtype. Tree: embed [V, D], layers[i] =
+        {mixer_norm, mixer, ffn_norm?, ffn?}, final_norm [D], lm_head [D, V] unless tied."""
+        cfg = self.config
+        keys = jax.random.split(key, cfg.n_layers + 2)
+        layers = []
+        for (mixer, ffn), layer_key in zip(self.blocks, keys[2:]):
+            k_mixer, k_ffn = jax.random.split(layer_key)
+            layer = {"mixer_norm": jnp.ones((cfg.d_model,)), "mixer": mixer.init(k_mixer)}
+            if ffn is not None:
+                layer |= {"ffn_norm": jnp.ones((cfg.d_model,)), "ffn": ffn.init(k_ffn)}
+            layers.append(layer)
+        params = {
+            "embed": jax.random.normal(keys[0], (cfg.vocab_size, cfg.d_model)),
+            "layers": layers,
+            "final_norm": jnp.ones((cfg.d_model,)),
+        }
+        if not cfg.tie_embeddings:
+            params["lm_head"] = jax.random.normal(keys[1], (cfg.d_model, cfg.vocab_size)) * cfg.d_model ** -0.5
+        return jax.tree.map(lambda x: x.astype(self.dtype), params)
+
+    def param_axes(self) -> dict:
+        """Logical axis names for every parameter leaf (blocks without `param_axes` replicate)."""
+        def block_axes(block, block_params):
+            if hasattr(block, "param_axes"):
+                return block.param_axes()
+            return jax.tree.map(lambda x: (None,) * x.ndim, block_params)
+
+        shapes = jax.eval_shape(self.init, jax.random.key(0))
+        layers = []
+        for (mixer, ffn), layer in zip(self.blocks, shapes["layers"]):
+            axes = {"mixer_norm": ("embed",), "mixer": block_axes(mixer, layer["mixer"])}
+            if ffn is not None:
+                axes |= {"ffn_norm": ("embed",), "ffn": block_axes(ffn, layer["ffn"])}
+            layers.append(axes)
+        axes = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": ("embed",)}
+        if not self.config.tie_embeddings:
+            axes["lm_head"] = ("embed", "vocab")
+        return axes
+
+    # --- decode state ---
+
+    def init_state(self, batch_size: int, max_len: int) -> DecodeState:
+        """Every sequence empty; capacity `max_len` tokens each."""
+        if batch_size < 1 or max_len < 1:
+            raise ValueError(f"batch_size and max_len must be >= 1, got {batch_size} and {max_len}")
+        layers = []
+        for i, (mixer, _) in enumerate(self.blocks):
+            state = mixer.init_state(batch_size, max_len, self.dtype)
+            for leaf in jax.tree.leaves(state):
+                if leaf.ndim == 0 or leaf.shape[0] != batch_size:
+                    raise ValueError(f"layer {i} ({type(mixer).__name__}): every state leaf must have the "
+                                     f"batch ({batch_size}) as axis 0, got shape {leaf.shape}")
+            layers.append(state)
+        return DecodeState(layers=tuple(layers), lengths=empty_lengths(batch_size), max_len=max_len)
+
+    # --- the pure computation ---
+
+    def extend_unchecked(self, params, state: DecodeState, tokens, lengths=None, all_logits=False):
+        """`extend` without input checks: for use inside jitted loops whose inputs are known good."""
+        cfg = self.config
+        batch, n_new = tokens.shape
+        if lengths is None:
+            lengths = jnp.full((batch,), n_new, jnp.int32)
+        steps = jnp.arange(n_new, dtype=jnp.int32)
+        ctx = Context(positions=state.lengths[:, None] + steps,  # [B, T]
+                      valid=steps[None, :] < lengths[:, None])  # [B, T]
+
+        x = params["embed"][tokens]  # [B, T, D]
+        new_layer_states = []
+        for (mixer, ffn), layer, layer_state in zip(self.blocks, params["layers"], state.layers):
+            y, layer_state = mixer(layer["mixer"], rms_norm(x, layer["mixer_norm"], cfg.norm_eps), layer_state, ctx)
+            x = x + y
+            if ffn is not None:
+                x = x + ffn(layer["ffn"], rms_norm(x, layer["ffn_norm"], cfg.norm_eps), ctx)
+            new_layer_states.append(layer_state)
+        new_state = DecodeState(layers=tuple(new_layer_states), lengths=state.lengths + lengths,
+                                max_len=state.max_len)
+
+        if not all_logits:  # only each row's last appended token: [B, 1, D]
+            x = jnp.take_along_axis(x, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
+        logits = self.logits(params, rms_norm(x, params["final_norm"], cfg.norm_eps))
+        if not all_logits:
+            # A row that appended nothing has no new logits.
+            logits = jnp.where((lengths > 0)[:, None, None], logits, jnp.nan)[:, 0]  # [B, V]
+        return logits, new_state
+
+    def logits(self, params, x):
+        """x [B, T, D] -> float32 logits [B, T, V]."""
+        head = params["embed"].T if self.config.tie_embeddings else params["lm_head"]  # [D, V]
+        return jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
+
+    @functools.cached_property
+    def _extend_jit(self):
+        return jax.jit(self.extend_unchecked, static_argnames=("all_logits",))
+
+    @functools.cached_property
+    def _forward_jit(self):
+        def forward(params, tokens):
+            state = self.init_state(tokens.shape[0], tokens.shape[1])
+            return self.extend_unchecked(params, state, tokens, all_logits=True)[0]
+        return jax.jit(forward)
+
+    # --- the public API ---
+
+    def forward(self, params, tokens):
+        """tokens int32 [B, T] -> float32 logits [B, T, V]; causal, no cache."""
+        self._check_tokens(tokens, None)
+        return self._forward_jit(params, jnp.asarray(tokens, jnp.int32))
+
+    def extend(self, params, state: DecodeState, tokens, lengths=None, all_logits=False):
+        """Append tokens[b, :lengths[b]] to sequence b (lengths=None: all T).
+
+        Returns (logits, new state): logits of each row's last appended token [B, V]
+        (NaN for a row that appended nothing), or of every token [B, T, V] with all_logits.
+        """
+        self._check_tokens(tokens, lengths, state)
+        tokens = jnp.asarray(tokens, jnp.int32)
+        if lengths is not None:
+            lengths = jnp.asarray(lengths, jnp.int32)
+        return self._extend_jit(params, state, tokens, lengths, all_logits=all_logits)
+
+    def _check_tokens(self, tokens, lengths, state: DecodeState | None = None):
+        if isinstance(tokens, jax.core.Tracer) or isinstance(lengths, jax.core.Tracer):
+            return  # traced: the caller vouches for its inputs
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}")
+        if not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
+        batch, n_new = tokens.shape
+        if lengths is None:
+            lengths = np.full((batch,), n_new)
+        else:
+            lengths = np.asarray(lengths)
+            if lengths.shape != (batch,):
+                raise ValueError(f"lengths must have shape ({batch},), got {lengths.shape}")
+            bad = np.flatnonzero((lengths < 0) | (lengths > n_new))
+            if bad.size:
+                raise ValueError(f"lengths[{bad[0]}] = {lengths[bad[0]]} is outside [0, {n_new}]")
+        valid = np.arange(n_new)[None, :] < lengths[:, None]
+        outside = valid & ((tokens < 0) | (tokens >= self.config.vocab_size))
+        if outside.any():
+            b, t = np.argwhere(outside)[0]
+            raise ValueError(f"token id {tokens[b, t]} at [{b}, {t}] is outside the vocabulary "
+                             f"[0, {self.config.vocab_size})")
+        if state is not None and not isinstance(state.lengths, jax.core.Tracer):
+            if state.batch_size != batch:
+                raise ValueError(f"tokens have batch {batch} but the state holds {state.batch_size} sequences")
+            held = np.asarray(state.lengths)
+            over = np.flatnonzero(held + lengths > state.max_len)
+            if over.size:
+                b = over[0]
+                raise ValueError(f"sequence {b} would hold {held[b] + lengths[b]} tokens, "
+                                 f"past the state's max_len {state.max_len}")
+
+
+def build(config: ModelConfig) -> Model:
+    """The model a config describes."""
+    return Model(config)

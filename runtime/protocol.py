@@ -1,0 +1,51 @@
+"""The block protocol: registries of token mixers and feed-forwards, and the Context.
+
+A token mixer is a frozen dataclass built from its YAML fields plus `d_model`:
+
+    init(key) -> params pytree
+    init_state(batch_size, max_len, dtype) -> state pytree, every leaf batch-major
+    __call__(params, x [B,T,D], state, ctx) -> (y [B,T,D], new state)
+
+A feed-forward is the same without state: `init(key)`, `__call__(params, x, ctx) -> y`.
+Optional: `param_axes()` / `state_axes()` (logical axis names per leaf, for sharding),
+`state_bytes(context, dtype)` (decode-state bytes of one sequence holding `context`
+tokens) and `flops_per_token(context)` (for benchmarks and comparisons).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+MIXERS: dict[str, type] = {}
+FFNS: dict[str, type] = {}
+
+
+def _registrar(registry: dict[str, type], what: str):
+    def register(name: str):
+        def wrap(cls):
+            if not dataclasses.is_dataclass(cls):
+                raise TypeError(f"{what} {name!r}: {cls.__name__} must be a frozen dataclass")
+            if name in registry and registry[name] is not cls:
+                raise ValueError(f"{what} kind {name!r} is already registered by {registry[name].__name__}")
+            registry[name] = cls
+            return cls
+        return wrap
+    return register
+
+
+register_mixer = _registrar(MIXERS, "mixer")
+register_ffn = _registrar(FFNS, "ffn")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """Per-token facts a block may need.
+
+    positions: [B, T] int32, the absolute position of each token in its sequence.
+    valid: [B, T] bool, False on padding; a mixer leaves state unchanged there.
+    """
+    positions: jax.Array
+    valid: jax.Array
