@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from chimera.architectures.config import ModelConfig
 from chimera.architectures.hf import Checkpoint, register_converter
+from chimera.attention.attention import Attention
 
 HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
                   "gelu_new": "gelu_tanh"}
@@ -91,3 +94,26 @@ def llama_params(config: ModelConfig, ckpt: Checkpoint) -> dict:
 
 
 register_converter("llama")((llama_config, llama_params))
+
+
+def to_hf_config(config: ModelConfig) -> dict:
+    """The transformers `LlamaConfig` fields for a single-attention-kind, single-MLP config
+    (the inverse of `llama_config`; used to build reference models for benchmarks)."""
+    if len(config.mixer_blocks) != 1 or len(config.ffn_blocks) != 1:
+        raise ValueError(f"{config.name}: only a uniform attention + mlp stack has a Llama equivalent")
+    (attn,), (mlp,) = config.mixer_blocks.values(), config.ffn_blocks.values()
+    if not isinstance(attn, Attention) or attn.qkv_bias != attn.out_bias or mlp.activation != "silu":
+        raise ValueError(f"{config.name}: only attention (all or no biases) + SiLU mlp layers have a "
+                         f"Llama equivalent")
+    rope = {"rope_type": "default", "rope_theta": attn.rope_theta}
+    if attn.rope_scaling is not None:
+        rope |= {k: v for k, v in dataclasses.asdict(attn.rope_scaling).items() if k != "type"}
+        rope["rope_type"] = attn.rope_scaling.type
+    return {
+        "vocab_size": config.vocab_size, "hidden_size": config.d_model, "num_hidden_layers": config.n_layers,
+        "num_attention_heads": attn.n_heads, "num_key_value_heads": attn.n_kv_heads, "head_dim": attn.head_dim,
+        "intermediate_size": mlp.d_ff, "rms_norm_eps": config.norm_eps,
+        "tie_word_embeddings": config.tie_embeddings, "attention_bias": attn.qkv_bias,
+        "mlp_bias": mlp.bias, "hidden_act": "silu", "rope_parameters": rope,
+        "max_position_embeddings": 131072,
+    }

@@ -1,0 +1,149 @@
+"""`chimera bench`: prefill and decode speed of a config with random weights, as ratios
+to the device's physical limits (MBU for decode, MFU for prefill).
+
+Times come from the Engine's own jitted prefill and decode loop, synchronised on the
+device, warm-up (compilation) excluded, median of repeats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from chimera.architectures.config import ModelConfig
+from chimera.runtime import costs
+from chimera.runtime.engine import Engine, bucket
+from chimera.runtime.model import build
+from chimera.runtime.sampling import Sampling
+
+# device kind substring -> (spec memory bandwidth B/s, dense bf16 FLOP/s)
+PEAKS = {"H200": (4.8e12, 989e12), "H100": (3.35e12, 989e12)}
+
+
+def device_peaks(device) -> tuple[float | None, float | None]:
+    for name, peaks in PEAKS.items():
+        if name in device.device_kind:
+            return peaks
+    return None, None
+
+
+@dataclasses.dataclass
+class BenchResult:
+    batch: int
+    prompt_len: int
+    gen: int
+    compile_s: float
+    prefill_ms: float
+    decode_ms_per_step: float
+    tokens_per_s: float
+    bytes_per_step: int
+    achieved_gb_s: float
+    mbu: float | None
+    prefill_flops: float
+    prefill_tflop_s: float
+    mfu: float | None
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return out, time.perf_counter() - start
+
+
+def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: int, repeats: int,
+                seed: int = 0) -> BenchResult:
+    model = build(config)
+    engine = Engine(model, params, max_batch=batch, max_len=prompt_len + gen)
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, config.vocab_size, (batch, prompt_len), dtype=np.int32)
+    lengths = np.full((batch,), prompt_len, np.int32)
+    active = np.ones((batch,), bool)
+    row_ids = np.arange(batch, dtype=np.int32)
+    no_stop = np.full((8,), -1, np.int32)
+    cache_len = bucket(prompt_len + gen, 64, prompt_len + gen)
+    greedy = Sampling()
+
+    def prefill():
+        return engine.prefill(engine.params, tokens, lengths, row_ids, np.int32(0),
+                              cache_len=cache_len, sampling=greedy)
+
+    def decode(state, first):
+        return engine.decode(engine.params, state, first, active, row_ids, np.int32(0), no_stop, np.int32(gen),
+                             out_len=bucket(gen, 16), sampling=greedy)
+
+    # Warm-up: the first calls compile.
+    (state, first), prefill_first = _timed(prefill)
+    (out, counts, _, _), decode_first = _timed(lambda: decode(state, first))
+    if int(np.min(counts)) != gen:
+        raise RuntimeError(f"decode produced {counts} tokens, expected {gen} for every row")
+
+    prefill_times, decode_times = [], []
+    for _ in range(repeats):
+        (state, first), seconds = _timed(prefill)
+        prefill_times.append(seconds)
+        _, seconds = _timed(lambda: decode(state, first))
+        decode_times.append(seconds)
+    prefill_s = statistics.median(prefill_times)
+    step_s = statistics.median(decode_times) / (gen - 1)  # the loop runs gen-1 steps after prefill's token
+
+    bandwidth, flop_rate = device_peaks(jax.devices()[0])
+    step_bytes = costs.decode_bytes_per_step(model, batch, prompt_len + gen // 2)
+    flops = costs.prefill_flops(model, batch, prompt_len)
+    return BenchResult(
+        batch=batch, prompt_len=prompt_len, gen=gen,
+        compile_s=prefill_first + decode_first - prefill_s - step_s * (gen - 1),
+        prefill_ms=prefill_s * 1e3,
+        decode_ms_per_step=step_s * 1e3,
+        tokens_per_s=batch / step_s,
+        bytes_per_step=step_bytes,
+        achieved_gb_s=step_bytes / step_s / 1e9,
+        mbu=step_bytes / step_s / bandwidth if bandwidth else None,
+        prefill_flops=flops,
+        prefill_tflop_s=flops / prefill_s / 1e12,
+        mfu=flops / prefill_s / flop_rate if flop_rate else None,
+    )
+
+
+def run(config: ModelConfig, batches: list[int], prompt_len: int, gen: int, repeats: int = 5,
+        seed: int = 0) -> dict:
+    """Benchmark `config` at each batch size; returns a JSON-ready report."""
+    if prompt_len < 1 or gen < 2:
+        raise ValueError(f"need prompt_len >= 1 and gen >= 2, got {prompt_len} and {gen}")
+    model = build(config)
+    params = jax.jit(model.init)(jax.random.key(seed))
+    device = jax.devices()[0]
+    bandwidth, flop_rate = device_peaks(device)
+    results = [bench_batch(config, params, b, prompt_len, gen, repeats, seed) for b in batches]
+    return {
+        "config": config.name,
+        "dtype": config.dtype,
+        "param_bytes": costs.param_bytes(model),
+        "device": device.device_kind,
+        "n_devices": jax.device_count(),
+        "peak_bandwidth_bytes_s": bandwidth,
+        "peak_flop_s": flop_rate,
+        "jax_version": jax.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "results": [dataclasses.asdict(r) for r in results],
+    }
+
+
+def format_report(report: dict) -> str:
+    bandwidth = report["peak_bandwidth_bytes_s"]
+    peak = (f"peak {bandwidth / 1e12:.2f} TB/s, {report['peak_flop_s'] / 1e12:.0f} TFLOP/s bf16"
+            if bandwidth else "peak bandwidth and FLOP/s unknown for this device: no MBU/MFU")
+    lines = [f"{report['config']} ({report['dtype']}, {report['param_bytes'] / 1e9:.4g} GB of weights) on "
+             f"{report['device']}; jax {report['jax_version']}; {peak}",
+             f"{'batch':>5} {'prefill ms':>11} {'decode ms/step':>15} {'tok/s':>9} {'GB/step':>8} "
+             f"{'GB/s':>8} {'MBU':>6} {'TFLOP/s':>8} {'MFU':>6} {'compile s':>9}"]
+    pct = lambda x: f"{100 * x:5.1f}%" if x is not None else "   n/a"  # noqa: E731
+    for r in report["results"]:
+        lines.append(f"{r['batch']:>5} {r['prefill_ms']:>11.2f} {r['decode_ms_per_step']:>15.3f} "
+                     f"{r['tokens_per_s']:>9.1f} {r['bytes_per_step'] / 1e9:>8.4g} {r['achieved_gb_s']:>8.1f} "
+                     f"{pct(r['mbu'])} {r['prefill_tflop_s']:>8.2f} {pct(r['mfu'])} {r['compile_s']:>9.1f}")
+    return "\n".join(lines)

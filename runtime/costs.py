@@ -1,0 +1,83 @@
+"""Analytic costs of a model: parameter and state bytes, bytes moved per decode step, FLOPs.
+
+Blocks may state their own costs (`state_bytes(context, dtype)`, `flops_per_token(context)`
+for mixers, `flops_per_token()` for ffns); a block that doesn't is costed from its
+arrays: state = what `init_state` allocates, FLOPs = 2 x its parameter count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from chimera.runtime.model import Model
+
+
+def tree_bytes(tree) -> int:
+    return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def tree_size(tree) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def param_shapes(model: Model):
+    return jax.eval_shape(model.init, jax.random.key(0))
+
+
+def param_bytes(model: Model) -> int:
+    return tree_bytes(param_shapes(model))
+
+
+def mixer_state_bytes(mixer, context: int, dtype) -> int:
+    """Decode-state bytes of one sequence holding `context` tokens."""
+    if hasattr(mixer, "state_bytes"):
+        return mixer.state_bytes(context, dtype)
+    return tree_bytes(jax.eval_shape(lambda: mixer.init_state(1, max(context, 1), dtype)))
+
+
+def state_bytes(model: Model, context: int) -> int:
+    """Decode-state bytes per sequence at `context` tokens, summed over layers."""
+    return sum(mixer_state_bytes(mixer, context, model.dtype) for mixer, _ in model.blocks)
+
+
+def decode_bytes_per_step(model: Model, batch: int, context: int) -> int:
+    """The fewest bytes one decode step must move: every weight once (the embedding table
+    only for the rows looked up, unless it is also the LM head), plus each sequence's state
+    read, plus what the step writes (the new token's slots for a growing cache, the whole
+    state for a fixed-size one)."""
+    params = param_shapes(model)
+    weights = tree_bytes(params)
+    if not model.config.tie_embeddings:
+        embed = params["embed"]
+        weights += batch * embed.shape[1] * embed.dtype.itemsize - tree_bytes(embed)
+    per_sequence = 0
+    for mixer, _ in model.blocks:
+        read = mixer_state_bytes(mixer, context, model.dtype)
+        grown = mixer_state_bytes(mixer, context + 1, model.dtype) - read
+        per_sequence += read + (grown if grown > 0 else read)
+    return weights + batch * per_sequence
+
+
+def flops_per_token(model: Model, context: float, with_head: bool = True) -> float:
+    """Forward FLOPs for one token that attends over `context` tokens."""
+    params = param_shapes(model)
+    total = 0.0
+    for (mixer, ffn), layer in zip(model.blocks, params["layers"]):
+        total += (mixer.flops_per_token(context) if hasattr(mixer, "flops_per_token")
+                  else 2 * tree_size(layer["mixer"]))
+        if ffn is not None:
+            total += ffn.flops_per_token() if hasattr(ffn, "flops_per_token") else 2 * tree_size(layer["ffn"])
+    if with_head:
+        total += 2 * model.config.d_model * model.config.vocab_size
+    return total
+
+
+def prefill_flops(model: Model, batch: int, prompt_len: int) -> float:
+    """FLOPs of a causal prefill that returns only the last token's logits.
+    Costs are linear in context, so the mean context (T+1)/2 gives the exact sum."""
+    body = flops_per_token(model, (prompt_len + 1) / 2, with_head=False) * prompt_len
+    head = 2 * model.config.d_model * model.config.vocab_size
+    return batch * (body + head)
