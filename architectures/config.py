@@ -48,6 +48,8 @@ def coerce(value: Any, annotation: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # X | None: X's own error, with its nested field path
+            return coerce(value, options[0], path)
         errors = []
         for option in options:
             try:

@@ -4,16 +4,16 @@
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
-pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || pip install --no-deps --no-build-isolation -e .
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING; python3 -c "import chimera" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 python3 -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__, jax.devices())"
 case "${1:-chimera}" in
   chimera)
     python3 benchmarks/copy_bandwidth.py
     for cfg in llama-3.2-1b llama-3-8b; do
-      chimera bench --config $cfg --batch 1,16 --prompt-len 128 --gen 128 --dtype bfloat16 --json "$OUT/chimera-$cfg.json"
+      python3 -m chimera.runtime.cli bench --config $cfg --batch 1,16 --prompt-len 128 --gen 128 --dtype bfloat16 --json "$OUT/chimera-$cfg.json"
     done
-    chimera bench --config llama-3-8b --batch 1 --prompt-len 2048 --gen 16 --dtype bfloat16 --repeats 3 --json "$OUT/chimera-llama-3-8b-prefill2048.json"
+    python3 -m chimera.runtime.cli bench --config llama-3-8b --batch 1 --prompt-len 2048 --gen 16 --dtype bfloat16 --repeats 3 --json "$OUT/chimera-llama-3-8b-prefill2048.json"
     ;;
   transformers)
     for cfg in llama-3.2-1b llama-3-8b; do
