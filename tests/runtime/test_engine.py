@@ -1,0 +1,175 @@
+"""`Engine.generate`: ragged batches, max_new_tokens, stop tokens, seeded sampling, input
+errors and a one-device mesh, checked against a greedy loop over `model.forward`.
+
+Prompts stay <= 16 tokens and max_new_tokens <= 16 so every call shares one prompt
+bucket, one cache size (the engine's max_len) and one output bucket: few compiles.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+import chimera
+
+MAX_BATCH, MAX_LEN, MAX_NEW = 4, 64, 10
+PROMPTS = [list(map(int, np.random.default_rng(i).integers(0, 256, n))) for i, n in enumerate([5, 16, 1])]
+GREEDY = chimera.Sampling(temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = chimera.build(chimera.load_config("llama-tiny"))
+    params = model.init(jax.random.key(0))
+    return model, params, chimera.Engine(model, params, max_batch=MAX_BATCH, max_len=MAX_LEN)
+
+
+def greedy_reference(model, params, prompts, n_new):
+    """Greedy decoding with no cache: re-run `forward` over each growing sequence.
+
+    Sequences sit right-padded in one fixed-width buffer (one compile); forward is causal,
+    so the padding after a sequence cannot change the logits of its last token.
+    """
+    seqs = [list(p) for p in prompts]
+    width = max(map(len, prompts)) + n_new
+    for _ in range(n_new):
+        buf = np.zeros((len(seqs), width), np.int32)
+        for i, s in enumerate(seqs):
+            buf[i, :len(s)] = s
+        logits = np.asarray(model.forward(params, buf))
+        for i, s in enumerate(seqs):
+            s.append(int(np.argmax(logits[i, len(s) - 1])))
+    return [s[len(p):] for s, p in zip(seqs, prompts)]
+
+
+@pytest.fixture(scope="module")
+def expected(setup):
+    model, params, _ = setup
+    return greedy_reference(model, params, PROMPTS, MAX_NEW)
+
+
+def assert_greedy(outs, expected, n_new=MAX_NEW):
+    assert [o.tokens for o in outs] == [e[:n_new] for e in expected]
+    assert [o.finish_reason for o in outs] == ["length"] * len(expected)
+
+
+def test_ragged_batch_matches_alone_and_forward_loop(setup, expected):
+    _, _, engine = setup
+    assert_greedy(engine.generate(PROMPTS, max_new_tokens=MAX_NEW, sampling=GREEDY), expected)
+    for prompt, exp in zip(PROMPTS, expected):
+        assert_greedy(engine.generate([prompt], max_new_tokens=MAX_NEW), [exp])
+
+
+def test_prompt_order_does_not_matter(setup, expected):
+    _, _, engine = setup
+    order = [2, 0, 1]
+    assert_greedy(engine.generate([PROMPTS[i] for i in order], max_new_tokens=MAX_NEW),
+                  [expected[i] for i in order])
+
+
+@pytest.mark.parametrize("n_new", [1, 2, 7])
+def test_max_new_tokens(setup, expected, n_new):
+    _, _, engine = setup
+    outs = engine.generate(PROMPTS, max_new_tokens=n_new)
+    assert all(len(o.tokens) == n_new for o in outs)
+    assert_greedy(outs, expected, n_new)
+
+
+def with_stops(expected, stops):
+    """What each row should return: cut right after its first stop token, if any."""
+    out = []
+    for tokens in expected:
+        hits = [i for i, t in enumerate(tokens) if t in stops]
+        out.append((tokens[:hits[0] + 1], "stop") if hits else (tokens, "length"))
+    return out
+
+
+def pick_stop(expected, row, min_step):
+    """A token `row` first generates at some step >= min_step and some other row never generates."""
+    tokens = expected[row]
+    for k in range(min_step, len(tokens)):
+        if tokens[k] not in tokens[:k] and any(tokens[k] not in e for i, e in enumerate(expected) if i != row):
+            return tokens[k], k
+    pytest.fail(f"no usable stop token in {expected}")
+
+
+@pytest.mark.parametrize("row, min_step", [(0, 3), (1, 0), (2, 5)])
+@pytest.mark.parametrize("extra_stops", [(), (0, 255)])
+def test_stop_token_truncates_that_row(setup, expected, row, min_step, extra_stops):
+    _, _, engine = setup
+    stop, k = pick_stop(expected, row, min_step)
+    stops = (*extra_stops, stop)
+    outs = engine.generate(PROMPTS, max_new_tokens=MAX_NEW, stop_tokens=stops)
+    want = with_stops(expected, stops)
+    assert [(o.tokens, o.finish_reason) for o in outs] == want
+    assert outs[row].tokens == expected[row][:k + 1] and outs[row].finish_reason == "stop"
+    assert any(reason == "length" for _, reason in want)  # other rows continue past it
+
+
+def test_seeded_sampling_is_reproducible(setup, expected):
+    _, _, engine = setup
+    sampled = {}
+    for seed in (0, 0, 1):
+        sampling = chimera.Sampling(temperature=1.0, top_k=50, seed=seed)
+        outs = engine.generate(PROMPTS, max_new_tokens=MAX_NEW, sampling=sampling)
+        assert all(len(o.tokens) == MAX_NEW and all(0 <= t < 256 for t in o.tokens) for o in outs)
+        sampled.setdefault(seed, []).append([o.tokens for o in outs])
+    assert sampled[0][0] == sampled[0][1]
+    assert sampled[0][0] != sampled[1][0]
+    assert sampled[0][0] != expected  # temperature 1 over a random model is not greedy
+
+
+def test_top_k_1_is_greedy(setup, expected):
+    _, _, engine = setup
+    outs = engine.generate(PROMPTS, max_new_tokens=MAX_NEW,
+                           sampling=chimera.Sampling(temperature=1.0, top_k=1, seed=3))
+    assert_greedy(outs, expected)
+
+
+BAD_CALLS = {
+    "token == vocab": (dict(prompts=[[1, 256]]), "vocabulary"),
+    "negative token": (dict(prompts=[[1, 2], [-1]]), "vocabulary"),
+    "empty prompt": (dict(prompts=[[1, 2], []]), "prompt 1 is empty"),
+    "no prompts": (dict(prompts=[]), "non-empty"),
+    "more prompts than max_batch": (dict(prompts=[[1]] * (MAX_BATCH + 1)), "max_batch"),
+    "prompt + max_new > max_len": (dict(prompts=[[1] * (MAX_LEN - 5)], max_new_tokens=6), "max_len"),
+    "max_new_tokens 0": (dict(max_new_tokens=0), "max_new_tokens"),
+    "stop token == vocab": (dict(stop_tokens=(256,)), "stop token"),
+    "negative stop token": (dict(stop_tokens=(3, -1)), "stop token"),
+    "string prompts": (dict(prompts="hello"), "list"),
+    "string as a prompt": (dict(prompts=[[1, 2], "hello"]), "prompt 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CALLS, ids=list(BAD_CALLS))
+def test_bad_inputs_raise_and_engine_still_works(setup, expected, case):
+    _, _, engine = setup
+    kwargs, message = BAD_CALLS[case]
+    kwargs = {"prompts": PROMPTS, "max_new_tokens": MAX_NEW, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        engine.generate(**kwargs)
+    assert_greedy(engine.generate(PROMPTS, max_new_tokens=MAX_NEW), expected)
+
+
+def test_prompt_at_max_len_limit_is_accepted(setup):
+    """The boundary of the max_len check: prompt + max_new_tokens == max_len fits."""
+    model, params, engine = setup
+    prompt = [7] * (MAX_LEN - 3)
+    outs = engine.generate([prompt], max_new_tokens=3)
+    assert outs[0].tokens == greedy_reference(model, params, [prompt], 3)[0]
+
+
+def test_engine_params_is_the_params_tree(setup):
+    _, params, engine = setup
+    assert jax.tree.structure(engine.params) == jax.tree.structure(params)
+    for placed, original in zip(jax.tree.leaves(engine.params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(placed), np.asarray(original))
+
+
+def test_mesh_generation_equals_without(setup, expected):
+    model, params, _ = setup
+    mesh = chimera.make_mesh(data=1, expert=1, tensor=1, devices=jax.devices()[:1])
+    engine = chimera.Engine(model, params, max_batch=MAX_BATCH, max_len=MAX_LEN, mesh=mesh)
+    assert_greedy(engine.generate(PROMPTS, max_new_tokens=MAX_NEW), expected)
+    assert jax.tree.structure(engine.params) == jax.tree.structure(params)
+    for leaf in jax.tree.leaves(engine.params):
+        assert isinstance(leaf.sharding, jax.sharding.NamedSharding) and leaf.sharding.mesh == mesh
