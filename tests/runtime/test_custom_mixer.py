@@ -109,21 +109,7 @@ def test_ragged_batch_equals_alone(setup, tokens):
         assert_close(next_logits[b], alone_next[0])
 
 
-def greedy_reference(model, params, prompts, n_new):
-    """Greedy decoding by re-running the causal `forward` on each growing (right-padded) sequence."""
-    seqs = [list(p) for p in prompts]
-    width = max(map(len, prompts)) + n_new
-    for _ in range(n_new):
-        buf = np.zeros((len(seqs), width), np.int32)
-        for i, s in enumerate(seqs):
-            buf[i, :len(s)] = s
-        logits = np.asarray(model.forward(params, buf))
-        for i, s in enumerate(seqs):
-            s.append(int(np.argmax(logits[i, len(s) - 1])))
-    return [s[len(p):] for s, p in zip(seqs, prompts)]
-
-
-def test_engine_generates_with_the_user_block(setup):
+def test_engine_generates_with_the_user_block(setup, greedy_reference):
     model, params = setup
     prompts = [[1, 2, 3, 4, 5], [9], [60, 61, 62]]
     engine = chimera.Engine(model, params, max_batch=4, max_len=32)

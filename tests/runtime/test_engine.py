@@ -23,26 +23,8 @@ def setup():
     return model, params, chimera.Engine(model, params, max_batch=MAX_BATCH, max_len=MAX_LEN)
 
 
-def greedy_reference(model, params, prompts, n_new):
-    """Greedy decoding with no cache: re-run `forward` over each growing sequence.
-
-    Sequences sit right-padded in one fixed-width buffer (one compile); forward is causal,
-    so the padding after a sequence cannot change the logits of its last token.
-    """
-    seqs = [list(p) for p in prompts]
-    width = max(map(len, prompts)) + n_new
-    for _ in range(n_new):
-        buf = np.zeros((len(seqs), width), np.int32)
-        for i, s in enumerate(seqs):
-            buf[i, :len(s)] = s
-        logits = np.asarray(model.forward(params, buf))
-        for i, s in enumerate(seqs):
-            s.append(int(np.argmax(logits[i, len(s) - 1])))
-    return [s[len(p):] for s, p in zip(seqs, prompts)]
-
-
 @pytest.fixture(scope="module")
-def expected(setup):
+def expected(setup, greedy_reference):
     model, params, _ = setup
     return greedy_reference(model, params, PROMPTS, MAX_NEW)
 
@@ -150,7 +132,7 @@ def test_bad_inputs_raise_and_engine_still_works(setup, expected, case):
     assert_greedy(engine.generate(PROMPTS, max_new_tokens=MAX_NEW), expected)
 
 
-def test_prompt_at_max_len_limit_is_accepted(setup):
+def test_prompt_at_max_len_limit_is_accepted(setup, greedy_reference):
     """The boundary of the max_len check: prompt + max_new_tokens == max_len fits."""
     model, params, engine = setup
     prompt = [7] * (MAX_LEN - 3)
