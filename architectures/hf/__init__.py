@@ -57,9 +57,8 @@ class Checkpoint:
         if name not in self.files:
             raise ValueError(f"the checkpoint has no tensor {name!r}")
         self.used.add(name)
-        # The flax framework reads bfloat16 too; numpy would refuse it.
-        with safe_open(self.files[name], framework="flax") as f:
-            return np.asarray(f.get_tensor(name).astype(jnp.float32))
+        with safe_open(self.files[name], framework="numpy") as f:  # bfloat16 arrives as ml_dtypes.bfloat16
+            return f.get_tensor(name).astype(np.float32)
 
     def get(self, name: str, transform: Callable[[np.ndarray], np.ndarray] = lambda x: x) -> jax.Array:
         return jnp.asarray(transform(self.numpy(name)), self.dtype)
