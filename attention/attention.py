@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from chimera.architectures.config import ConfigError, require_positive
+from chimera.attention.core import attend
 from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies
 from chimera.runtime.protocol import Context, register_mixer
 
@@ -32,8 +33,14 @@ def write_cache(cache: jax.Array, new: jax.Array, ctx: Context) -> jax.Array:
 @register_mixer("attention")
 @dataclasses.dataclass(frozen=True)
 class Attention:
-    """Causal attention. `n_kv_heads` defaults to `n_heads` (MHA); 1 is MQA.
-    `head_dim` defaults to d_model // n_heads."""
+    """Causal attention over every earlier token. `n_kv_heads` defaults to `n_heads` (MHA);
+    1 is MQA. `head_dim` defaults to d_model // n_heads. `scale` defaults to head_dim ** -0.5.
+    `softcap` soft-caps the logits (Gemma-2); `learned_sinks` adds a learned per-head logit to
+    every softmax denominator (GPT-OSS).
+
+    Variants (windowed, sinks, ...) subclass this: they share `project`, `output` and the
+    parameters, and differ in their cache and mask.
+    """
     d_model: int
     n_heads: int
     n_kv_heads: int | None = None
@@ -42,9 +49,12 @@ class Attention:
     rope_scaling: RopeScaling | None = None
     qkv_bias: bool = False
     out_bias: bool = False
+    scale: float | None = None
+    softcap: float | None = None
+    learned_sinks: bool = False
 
     def __post_init__(self):
-        require_positive(self, "n_heads", "n_kv_heads", "head_dim", "rope_theta")
+        require_positive(self, "n_heads", "n_kv_heads", "head_dim", "rope_theta", "scale", "softcap")
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         if self.head_dim is None:
@@ -52,6 +62,8 @@ class Attention:
                 raise ConfigError("head_dim", f"not given, and d_model {self.d_model} is not divisible "
                                               f"by n_heads {self.n_heads}")
             object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        if self.scale is None:
+            object.__setattr__(self, "scale", self.head_dim ** -0.5)
         if self.n_heads % self.n_kv_heads:
             raise ConfigError("n_kv_heads", f"{self.n_kv_heads} does not divide n_heads {self.n_heads}")
         if self.head_dim % 2:
@@ -74,6 +86,8 @@ class Attention:
             params |= {"bq": jnp.zeros((h, hd)), "bk": jnp.zeros((kv, hd)), "bv": jnp.zeros((kv, hd))}
         if self.out_bias:
             params["bo"] = jnp.zeros((d,))
+        if self.learned_sinks:
+            params["sinks"] = jnp.zeros((h,))
         return params
 
     def param_axes(self):
@@ -83,6 +97,8 @@ class Attention:
             axes |= {"bq": ("heads", "head_dim"), "bk": ("kv_heads", "head_dim"), "bv": ("kv_heads", "head_dim")}
         if self.out_bias:
             axes["bo"] = ("embed",)
+        if self.learned_sinks:
+            axes["sinks"] = ("heads",)
         return axes
 
     def init_state(self, batch_size, max_len, dtype):
@@ -101,25 +117,33 @@ class Attention:
         scores_and_mix = 4 * self.n_heads * self.head_dim * context
         return projections + scores_and_mix
 
-    def __call__(self, params, x, state, ctx: Context):
+    def project(self, params, x, ctx: Context):
+        """x [B, T, D] -> q [B, T, H, Dh], k and v [B, T, Hkv, Dh], RoPE applied at ctx.positions."""
         q = jnp.einsum("btd,dhk->bthk", x, params["wq"])  # [B, T, H, Dh]
         k = jnp.einsum("btd,dhk->bthk", x, params["wk"])  # [B, T, Hkv, Dh]
         v = jnp.einsum("btd,dhk->bthk", x, params["wv"])  # [B, T, Hkv, Dh]
         if self.qkv_bias:
             q, k, v = q + params["bq"], k + params["bk"], v + params["bv"]
         inv_freq = self.inv_freq
-        q = apply_rope(q, ctx.positions, inv_freq)
-        k = apply_rope(k, ctx.positions, inv_freq)
+        return apply_rope(q, ctx.positions, inv_freq), apply_rope(k, ctx.positions, inv_freq), v
 
+    def attend(self, params, q, k, v, mask):
+        """The shared softmax with this block's scale, soft-cap and sinks; mask [B, T, S]."""
+        return attend(q, k, v, mask, scale=self.scale, softcap=self.softcap,
+                      sink_logits=params["sinks"] if self.learned_sinks else None)
+
+    def output(self, params, attn):
+        """attn [B, T, H, Dh] -> [B, T, D]."""
+        y = jnp.einsum("bthk,hkd->btd", attn, params["wo"])
+        return y + params["bo"] if self.out_bias else y
+
+    def __call__(self, params, x, state, ctx: Context):
+        q, k, v = self.project(params, x, ctx)
         k_cache = write_cache(state["k"], k, ctx)  # [B, S, Hkv, Dh]
         v_cache = write_cache(state["v"], v, ctx)
         slots = jnp.arange(k_cache.shape[1])
         # Slot j holds position j; a query sees every position up to its own, and
         # stale slots past a sequence's length are always ahead of its queries.
         mask = slots[None, None, :] <= ctx.positions[:, :, None]  # [B, T, S]
-        out = jax.nn.dot_product_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype),
-                                           mask=mask[:, None])  # [B, T, H, Dh]
-        y = jnp.einsum("bthk,hkd->btd", out, params["wo"])  # [B, T, D]
-        if self.out_bias:
-            y = y + params["bo"]
-        return y, {"k": k_cache, "v": v_cache}
+        out = self.attend(params, q, k_cache, v_cache, mask)  # [B, T, H, Dh]
+        return self.output(params, out), {"k": k_cache, "v": v_cache}
