@@ -163,6 +163,10 @@ class ModelConfig:
 
     `layers` is a pattern repeated to `n_layers`: layer i is `layers[i % len(layers)]`
     (the last repetition may be partial, as in Gemma-3's 5:1 pattern over 26 layers).
+    `norm`: `rmsnorm` (x * w, Llama) or `rmsnorm_plus_one` (x * (1 + w), Gemma). `post_norms`
+    also normalises each block's output before the residual add (Gemma-2's sandwich norms).
+    `scale_embeddings` multiplies embeddings by sqrt(d_model); `final_logit_softcap` c maps
+    logits to c * tanh(logits / c) (both Gemma-2).
     """
     name: str
     vocab_size: int
@@ -172,14 +176,17 @@ class ModelConfig:
     mixers: dict[str, Any]
     ffns: dict[str, Any] = dataclasses.field(default_factory=dict)
     norm_eps: float = 1e-5
+    norm: Literal["rmsnorm", "rmsnorm_plus_one"] = "rmsnorm"
+    post_norms: bool = False
+    scale_embeddings: bool = False
+    final_logit_softcap: float | None = None
     tie_embeddings: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     description: str = ""
 
     def __post_init__(self):
         require_positive(self, "vocab_size", "d_model", "n_layers")
-        if self.norm_eps <= 0:
-            raise ConfigError("norm_eps", f"must be positive, got {self.norm_eps!r}")
+        require_positive(self, "norm_eps", "final_logit_softcap")
         if self.dtype not in DTYPES:
             raise ConfigError("dtype", f"must be one of {list(DTYPES)}, got {self.dtype!r}")
         if not self.layers:
@@ -231,6 +238,10 @@ class ModelConfig:
             "n_layers": self.n_layers,
             "dtype": self.dtype,
             "norm_eps": self.norm_eps,
+            "norm": self.norm,
+            "post_norms": self.post_norms,
+            "scale_embeddings": self.scale_embeddings,
+            "final_logit_softcap": self.final_logit_softcap,
             "tie_embeddings": self.tie_embeddings,
             "layers": [{k: v for k, v in dataclasses.asdict(layer).items() if v is not None}
                        for layer in self.layers],

@@ -60,7 +60,8 @@ def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: i
     model = build(config)
     engine = Engine(model, params, max_batch=batch, max_len=prompt_len + gen)
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, config.vocab_size, (batch, prompt_len), dtype=np.int32)
+    tokens = np.zeros((batch, engine.pad_width(prompt_len)), np.int32)
+    tokens[:, :prompt_len] = rng.integers(0, config.vocab_size, (batch, prompt_len), dtype=np.int32)
     lengths = np.full((batch,), prompt_len, np.int32)
     active = np.ones((batch,), bool)
     row_ids = np.arange(batch, dtype=np.int32)
@@ -69,8 +70,7 @@ def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: i
     greedy = Sampling()
 
     def prefill():
-        return engine.prefill(engine.params, tokens, lengths, row_ids, np.int32(0),
-                              cache_len=cache_len, sampling=greedy)
+        return engine.prefill_prompts(tokens, lengths, cache_len, row_ids, np.int32(0), greedy)
 
     def decode(state, first):
         return engine.decode(engine.params, state, first, active, row_ids, np.int32(0), no_stop, np.int32(gen),
@@ -109,16 +109,17 @@ def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: i
     )
 
 
-def run(config: ModelConfig, batches: list[int], prompt_len: int, gen: int, repeats: int = 5,
+def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: int, repeats: int = 5,
         seed: int = 0) -> dict:
-    """Benchmark `config` at each batch size; returns a JSON-ready report."""
-    if prompt_len < 1 or gen < 2:
-        raise ValueError(f"need prompt_len >= 1 and gen >= 2, got {prompt_len} and {gen}")
+    """Benchmark `config` at each (prompt length, batch size); returns a JSON-ready report.
+    A prompt length is the context already cached when decoding starts."""
+    if min(prompt_lens) < 1 or gen < 2:
+        raise ValueError(f"need prompt lengths >= 1 and gen >= 2, got {prompt_lens} and {gen}")
     model = build(config)
     params = jax.jit(model.init)(jax.random.key(seed))
     device = jax.devices()[0]
     bandwidth, flop_rate = device_peaks(device)
-    results = [bench_batch(config, params, b, prompt_len, gen, repeats, seed) for b in batches]
+    results = [bench_batch(config, params, b, n, gen, repeats, seed) for n in prompt_lens for b in batches]
     return {
         "config": config.name,
         "dtype": config.dtype,
@@ -139,11 +140,11 @@ def format_report(report: dict) -> str:
             if bandwidth else "peak bandwidth and FLOP/s unknown for this device: no MBU/MFU")
     lines = [f"{report['config']} ({report['dtype']}, {report['param_bytes'] / 1e9:.4g} GB of weights) on "
              f"{report['device']}; jax {report['jax_version']}; {peak}",
-             f"{'batch':>5} {'prefill ms':>11} {'decode ms/step':>15} {'tok/s':>9} {'GB/step':>8} "
+             f"{'context':>7} {'batch':>5} {'prefill ms':>11} {'decode ms/step':>15} {'tok/s':>9} {'GB/step':>8} "
              f"{'GB/s':>8} {'MBU':>6} {'TFLOP/s':>8} {'MFU':>6} {'compile s':>9}"]
     pct = lambda x: f"{100 * x:5.1f}%" if x is not None else "   n/a"  # noqa: E731
     for r in report["results"]:
-        lines.append(f"{r['batch']:>5} {r['prefill_ms']:>11.2f} {r['decode_ms_per_step']:>15.3f} "
+        lines.append(f"{r['prompt_len']:>7} {r['batch']:>5} {r['prefill_ms']:>11.2f} {r['decode_ms_per_step']:>15.3f} "
                      f"{r['tokens_per_s']:>9.1f} {r['bytes_per_step'] / 1e9:>8.4g} {r['achieved_gb_s']:>8.1f} "
                      f"{pct(r['mbu'])} {r['prefill_tflop_s']:>8.2f} {pct(r['mfu'])} {r['compile_s']:>9.1f}")
     return "\n".join(lines)

@@ -78,7 +78,8 @@ def cmd_bench(args) -> int:
     config = load_config(args.config)
     if args.dtype:
         config = config.replace(dtype=args.dtype)
-    report = bench.run(config, args.batch, args.prompt_len, args.gen, repeats=args.repeats, seed=args.seed)
+    prompt_lens = args.context or [args.prompt_len]
+    report = bench.run(config, args.batch, prompt_lens, args.gen, repeats=args.repeats, seed=args.seed)
     print(bench.format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -119,10 +120,14 @@ def parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure prefill and decode speed (MBU, MFU)",
                                 description="Benchmark a config with random weights: prefill ms, decode ms/step, "
-                                            "tokens/s, bytes per step, GB/s and MBU, prefill MFU.")
+                                            "tokens/s, bytes per step, GB/s and MBU, prefill MFU. Bytes count "
+                                            "the KV/state at the mean decode context.")
     bench.add_argument("--config", required=True, help="bundled preset name or path to a YAML config")
     bench.add_argument("--batch", type=int_list, default=[1], help="comma-separated batch sizes, e.g. 1,16")
     bench.add_argument("--prompt-len", type=positive_int, default=128)
+    bench.add_argument("--context", type=int_list,
+                       help="comma-separated contexts, e.g. 4096,32768: decode with N tokens already cached "
+                            "(a prompt of N, prefilled in chunks); replaces --prompt-len")
     bench.add_argument("--gen", type=positive_int, default=128, help="tokens generated per row (>= 2)")
     bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     bench.add_argument("--repeats", type=positive_int, default=5)

@@ -1,10 +1,11 @@
 """The Engine: batched generation with ragged prompts, stop tokens and seeded sampling.
 
-One `generate` is two device calls: a jitted prefill that allocates the decode state
-and samples each row's first token, and a jitted decode loop (`lax.while_loop`, stop
-checks on the device) that consumes the donated state. Shapes are bucketed to powers
-of two so a new prompt length rarely recompiles; the cache is sized to what the
-request needs (at most `max_len`), so a step reads no more cache than necessary.
+A `generate` is a jitted prefill per chunk of `prefill_chunk` prompt tokens (bounding
+prefill memory; each chunk samples the first token of the rows it ends) and one jitted
+decode loop (`lax.while_loop`, stop checks on the device). Both donate the decode state,
+which XLA then updates in place. Shapes are bucketed to powers of two so a new prompt
+length rarely recompiles; the cache is sized to what the request needs (at most
+`max_len`), so a step reads no more cache than necessary.
 """
 
 from __future__ import annotations
@@ -40,11 +41,15 @@ def bucket(n: int, minimum: int, cap: int | None = None) -> int:
 
 
 class Engine:
-    def __init__(self, model: Model, params, max_batch: int = 8, max_len: int = 4096, mesh=None):
+    def __init__(self, model: Model, params, max_batch: int = 8, max_len: int = 4096, mesh=None,
+                 prefill_chunk: int = 2048):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_len < 2:
             raise ValueError(f"max_len must be >= 2, got {max_len}")
+        if prefill_chunk < 16 or prefill_chunk & (prefill_chunk - 1):
+            raise ValueError(f"prefill_chunk must be a power of two >= 16, got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
         self.model = model
         self.max_batch = max_batch
         self.max_len = max_len
@@ -56,13 +61,40 @@ class Engine:
     # --- device programs ---
 
     @functools.cached_property
+    def new_state(self):
+        """(batch, cache_len) -> an empty DecodeState, allocated on the device."""
+        return jax.jit(self.model.init_state, static_argnums=(0, 1))
+
+    @functools.cached_property
     def prefill(self):
-        """(params, tokens [B,T], lengths [B], row_ids [B], seed; cache_len, sampling) -> (state, first [B])."""
-        def prefill(params, tokens, lengths, row_ids, seed, *, cache_len: int, sampling: Sampling):
-            state = self.model.init_state(tokens.shape[0], cache_len)
+        """(params, state, tokens [B,C], lengths [B], first [B], row_ids [B], seed; sampling) -> (state, first).
+        Appends one chunk of the prompts; a row that appended tokens gets a freshly sampled first
+        token (the last chunk a row appends to decides it), the others keep theirs."""
+        def prefill(params, state, tokens, lengths, first, row_ids, seed, *, sampling: Sampling):
             logits, state = self.model.extend_unchecked(params, state, tokens, lengths)
-            return state, sample(logits, row_keys(seed, row_ids, 0), sampling)
-        return jax.jit(prefill, static_argnames=("cache_len", "sampling"))
+            sampled = sample(logits, row_keys(seed, row_ids, 0), sampling)
+            return state, jnp.where(lengths > 0, sampled, first)
+        return jax.jit(prefill, static_argnames=("sampling",), donate_argnames=("state",))
+
+    def prefill_prompts(self, tokens: np.ndarray, lengths: np.ndarray, cache_len: int, row_ids, seed,
+                        sampling: Sampling):
+        """Right-padded prompts [B, T] (T a power of two or a multiple of `prefill_chunk`) ->
+        (state holding them, each row's first sampled token [B])."""
+        batch, width = tokens.shape
+        chunk = min(width, self.prefill_chunk)
+        state = self.new_state(batch, cache_len)
+        first = jnp.zeros((batch,), jnp.int32)
+        for start in range(0, width, chunk):
+            chunk_lengths = np.clip(lengths - start, 0, chunk).astype(np.int32)
+            state, first = self.prefill(self.params, state, tokens[:, start:start + chunk], chunk_lengths, first,
+                                        row_ids, seed, sampling=sampling)
+        return state, first
+
+    def pad_width(self, longest: int) -> int:
+        """Prompt buffer width: a power of two up to `prefill_chunk`, then whole chunks."""
+        if longest <= self.prefill_chunk:
+            return bucket(longest, 16)
+        return -(-longest // self.prefill_chunk) * self.prefill_chunk
 
     @functools.cached_property
     def decode(self):
@@ -107,7 +139,7 @@ class Engine:
         n = len(prompts)
         batch = bucket(n, 1, self.max_batch)
         longest = max(len(p) for p in prompts)
-        tokens = np.zeros((batch, bucket(longest, 16)), np.int32)
+        tokens = np.zeros((batch, self.pad_width(longest)), np.int32)
         lengths = np.zeros((batch,), np.int32)
         for i, prompt in enumerate(prompts):
             tokens[i, :len(prompt)] = prompt
@@ -120,8 +152,7 @@ class Engine:
         row_ids = jnp.arange(batch, dtype=jnp.int32)
         seed = jnp.int32(sampling.seed)
 
-        state, first = self.prefill(self.params, tokens, lengths, row_ids, seed,
-                                    cache_len=cache_len, sampling=static)
+        state, first = self.prefill_prompts(tokens, lengths, cache_len, row_ids, seed, static)
         out, counts, stopped, _ = self.decode(self.params, state, first, jnp.asarray(lengths > 0), row_ids, seed,
                                            jnp.asarray(stop), jnp.int32(max_new_tokens),
                                            out_len=bucket(max_new_tokens, 16), sampling=static)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from chimera.architectures.config import ModelConfig
-from chimera.runtime.norm import rms_norm
+from chimera.runtime.norm import NORMS
 from chimera.runtime.protocol import Context
 from chimera.runtime.state import DecodeState, empty_lengths
 
@@ -35,24 +35,33 @@ class Model:
     def dtype(self):
         return jnp.dtype(self.config.dtype)
 
+    def norm(self, x, weight):
+        return NORMS[self.config.norm][0](x, weight, self.config.norm_eps)
+
     # --- parameters ---
 
     def init(self, key) -> dict:
         """Random parameters in the config's dtype. Tree: embed [V, D], layers[i] =
-        {mixer_norm, mixer, ffn_norm?, ffn?}, final_norm [D], lm_head [D, V] unless tied."""
+        {mixer_norm, mixer, mixer_post_norm?, ffn_norm?, ffn?, ffn_post_norm?}, final_norm [D],
+        lm_head [D, V] unless tied."""
         cfg = self.config
+        norm_init = NORMS[cfg.norm][1]
         keys = jax.random.split(key, cfg.n_layers + 2)
         layers = []
         for (mixer, ffn), layer_key in zip(self.blocks, keys[2:]):
             k_mixer, k_ffn = jax.random.split(layer_key)
-            layer = {"mixer_norm": jnp.ones((cfg.d_model,)), "mixer": mixer.init(k_mixer)}
+            layer = {"mixer_norm": norm_init((cfg.d_model,)), "mixer": mixer.init(k_mixer)}
+            if cfg.post_norms:
+                layer["mixer_post_norm"] = norm_init((cfg.d_model,))
             if ffn is not None:
-                layer |= {"ffn_norm": jnp.ones((cfg.d_model,)), "ffn": ffn.init(k_ffn)}
+                layer |= {"ffn_norm": norm_init((cfg.d_model,)), "ffn": ffn.init(k_ffn)}
+                if cfg.post_norms:
+                    layer["ffn_post_norm"] = norm_init((cfg.d_model,))
             layers.append(layer)
         params = {
             "embed": jax.random.normal(keys[0], (cfg.vocab_size, cfg.d_model)),
             "layers": layers,
-            "final_norm": jnp.ones((cfg.d_model,)),
+            "final_norm": norm_init((cfg.d_model,)),
         }
         if not cfg.tie_embeddings:
             params["lm_head"] = jax.random.normal(keys[1], (cfg.d_model, cfg.vocab_size)) * cfg.d_model ** -0.5
@@ -68,9 +77,10 @@ class Model:
         shapes = jax.eval_shape(self.init, jax.random.key(0))
         layers = []
         for (mixer, ffn), layer in zip(self.blocks, shapes["layers"]):
-            axes = {"mixer_norm": ("embed",), "mixer": block_axes(mixer, layer["mixer"])}
+            axes = {name: ("embed",) for name in layer if name.endswith("norm")}
+            axes["mixer"] = block_axes(mixer, layer["mixer"])
             if ffn is not None:
-                axes |= {"ffn_norm": ("embed",), "ffn": block_axes(ffn, layer["ffn"])}
+                axes["ffn"] = block_axes(ffn, layer["ffn"])
             layers.append(axes)
         axes = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": ("embed",)}
         if not self.config.tie_embeddings:
@@ -106,19 +116,26 @@ class Model:
                       valid=steps[None, :] < lengths[:, None])  # [B, T]
 
         x = params["embed"][tokens]  # [B, T, D]
+        if cfg.scale_embeddings:  # in the weights' dtype, as Gemma rounds it
+            x = x * jnp.asarray(cfg.d_model ** 0.5, x.dtype)
         new_layer_states = []
         for (mixer, ffn), layer, layer_state in zip(self.blocks, params["layers"], state.layers):
-            y, layer_state = mixer(layer["mixer"], rms_norm(x, layer["mixer_norm"], cfg.norm_eps), layer_state, ctx)
+            y, layer_state = mixer(layer["mixer"], self.norm(x, layer["mixer_norm"]), layer_state, ctx)
+            if cfg.post_norms:
+                y = self.norm(y, layer["mixer_post_norm"])
             x = x + y
             if ffn is not None:
-                x = x + ffn(layer["ffn"], rms_norm(x, layer["ffn_norm"], cfg.norm_eps), ctx)
+                y = ffn(layer["ffn"], self.norm(x, layer["ffn_norm"]), ctx)
+                if cfg.post_norms:
+                    y = self.norm(y, layer["ffn_post_norm"])
+                x = x + y
             new_layer_states.append(layer_state)
         new_state = DecodeState(layers=tuple(new_layer_states), lengths=state.lengths + lengths,
                                 max_len=state.max_len)
 
         if not all_logits:  # only each row's last appended token: [B, 1, D]
             x = jnp.take_along_axis(x, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
-        logits = self.logits(params, rms_norm(x, params["final_norm"], cfg.norm_eps))
+        logits = self.logits(params, self.norm(x, params["final_norm"]))
         if not all_logits:
             # A row that appended nothing has no new logits.
             logits = jnp.where((lengths > 0)[:, None, None], logits, jnp.nan)[:, 0]  # [B, V]
@@ -127,7 +144,9 @@ class Model:
     def logits(self, params, x):
         """x [B, T, D] -> float32 logits [B, T, V]."""
         head = params["embed"].T if self.config.tie_embeddings else params["lm_head"]  # [D, V]
-        return jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
+        cap = self.config.final_logit_softcap
+        return logits if cap is None else cap * jnp.tanh(logits / cap)
 
     @functools.cached_property
     def _extend_jit(self):

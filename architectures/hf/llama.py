@@ -7,6 +7,7 @@ import dataclasses
 from chimera.architectures.config import ModelConfig
 from chimera.architectures.hf import Checkpoint, register_converter
 from chimera.attention.attention import Attention
+from chimera.moe.mlp import GatedMLP
 
 HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
                   "gelu_new": "gelu_tanh"}
@@ -55,42 +56,56 @@ def llama_config(hf: dict) -> ModelConfig:
     })
 
 
-def llama_params(config: ModelConfig, ckpt: Checkpoint) -> dict:
-    """torch Linear weights are [out, in]; ours are [in, ...] split per head."""
-    attn = config.mixer_blocks["attn"]
-    h, kv, hd, d = attn.n_heads, attn.n_kv_heads, attn.head_dim, config.d_model
-    layers = []
-    for i in range(config.n_layers):
-        p = f"model.layers.{i}."
-        mixer = {
-            "wq": ckpt.get(p + "self_attn.q_proj.weight", lambda w: w.T.reshape(d, h, hd)),
-            "wk": ckpt.get(p + "self_attn.k_proj.weight", lambda w: w.T.reshape(d, kv, hd)),
-            "wv": ckpt.get(p + "self_attn.v_proj.weight", lambda w: w.T.reshape(d, kv, hd)),
-            "wo": ckpt.get(p + "self_attn.o_proj.weight", lambda w: w.T.reshape(h, hd, d)),
-        }
-        if attn.qkv_bias:
-            mixer |= {"bq": ckpt.get(p + "self_attn.q_proj.bias", lambda b: b.reshape(h, hd)),
-                      "bk": ckpt.get(p + "self_attn.k_proj.bias", lambda b: b.reshape(kv, hd)),
-                      "bv": ckpt.get(p + "self_attn.v_proj.bias", lambda b: b.reshape(kv, hd))}
-        if attn.out_bias:
-            mixer["bo"] = ckpt.get(p + "self_attn.o_proj.bias")
-        ffn = {name: ckpt.get(f"{p}mlp.{hf_name}.weight", lambda w: w.T)
-               for name, hf_name in (("w_gate", "gate_proj"), ("w_up", "up_proj"), ("w_down", "down_proj"))}
-        if config.ffn_blocks["mlp"].bias:
-            ffn |= {name: ckpt.get(f"{p}mlp.{hf_name}.bias")
-                    for name, hf_name in (("b_gate", "gate_proj"), ("b_up", "up_proj"), ("b_down", "down_proj"))}
-        if p + "self_attn.rotary_emb.inv_freq" in ckpt:  # a derived buffer some old exports carry
-            ckpt.numpy(p + "self_attn.rotary_emb.inv_freq")
-        layers.append({"mixer_norm": ckpt.get(p + "input_layernorm.weight"), "mixer": mixer,
-                       "ffn_norm": ckpt.get(p + "post_attention_layernorm.weight"), "ffn": ffn})
-    params = {"embed": ckpt.get("model.embed_tokens.weight"), "layers": layers,
-              "final_norm": ckpt.get("model.norm.weight")}
+def attention_params(ckpt: Checkpoint, prefix: str, attn: Attention, d_model: int) -> dict:
+    """q/k/v/o projections under `prefix` (e.g. `model.layers.0.self_attn.`): torch Linear
+    weights are [out, in]; ours are [in, ...] split per head."""
+    h, kv, hd, d = attn.n_heads, attn.n_kv_heads, attn.head_dim, d_model
+    params = {
+        "wq": ckpt.get(prefix + "q_proj.weight", lambda w: w.T.reshape(d, h, hd)),
+        "wk": ckpt.get(prefix + "k_proj.weight", lambda w: w.T.reshape(d, kv, hd)),
+        "wv": ckpt.get(prefix + "v_proj.weight", lambda w: w.T.reshape(d, kv, hd)),
+        "wo": ckpt.get(prefix + "o_proj.weight", lambda w: w.T.reshape(h, hd, d)),
+    }
+    if attn.qkv_bias:
+        params |= {"bq": ckpt.get(prefix + "q_proj.bias", lambda b: b.reshape(h, hd)),
+                   "bk": ckpt.get(prefix + "k_proj.bias", lambda b: b.reshape(kv, hd)),
+                   "bv": ckpt.get(prefix + "v_proj.bias", lambda b: b.reshape(kv, hd))}
+    if attn.out_bias:
+        params["bo"] = ckpt.get(prefix + "o_proj.bias")
+    if prefix + "rotary_emb.inv_freq" in ckpt:  # a derived buffer some old exports carry
+        ckpt.numpy(prefix + "rotary_emb.inv_freq")
+    return params
+
+
+def mlp_params(ckpt: Checkpoint, prefix: str, mlp: GatedMLP) -> dict:
+    """gate/up/down projections under `prefix` (e.g. `model.layers.0.mlp.`)."""
+    names = (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj"))
+    params = {f"w_{ours}": ckpt.get(f"{prefix}{theirs}.weight", lambda w: w.T) for ours, theirs in names}
+    if mlp.bias:
+        params |= {f"b_{ours}": ckpt.get(f"{prefix}{theirs}.bias") for ours, theirs in names}
+    return params
+
+
+def embedding_params(config: ModelConfig, ckpt: Checkpoint) -> dict:
+    """embed, final_norm and (untied) lm_head."""
+    params = {"embed": ckpt.get("model.embed_tokens.weight"), "final_norm": ckpt.get("model.norm.weight")}
     if config.tie_embeddings:
         if "lm_head.weight" in ckpt:  # some tied exports store the shared matrix twice
             ckpt.numpy("lm_head.weight")
     else:
         params["lm_head"] = ckpt.get("lm_head.weight", lambda w: w.T)
     return params
+
+
+def llama_params(config: ModelConfig, ckpt: Checkpoint) -> dict:
+    layers = []
+    for i, (attn, mlp) in enumerate(config.layer_blocks()):
+        p = f"model.layers.{i}."
+        layers.append({"mixer_norm": ckpt.get(p + "input_layernorm.weight"),
+                       "mixer": attention_params(ckpt, p + "self_attn.", attn, config.d_model),
+                       "ffn_norm": ckpt.get(p + "post_attention_layernorm.weight"),
+                       "ffn": mlp_params(ckpt, p + "mlp.", mlp)})
+    return {"layers": layers, **embedding_params(config, ckpt)}
 
 
 register_converter("llama")((llama_config, llama_params))

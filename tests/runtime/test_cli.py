@@ -109,3 +109,11 @@ def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
+
+
+def test_bench_context_list(capsys):
+    """--context runs each context (decode with that many tokens cached) at each batch size."""
+    assert main(["bench", "--config", "llama-tiny", "--batch", "1", "--context", "20,40", "--gen", "3",
+                 "--repeats", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("20", "1"), ("40", "1")]

@@ -155,3 +155,21 @@ def test_mesh_generation_equals_without(setup, expected):
     assert jax.tree.structure(engine.params) == jax.tree.structure(params)
     for leaf in jax.tree.leaves(engine.params):
         assert isinstance(leaf.sharding, jax.sharding.NamedSharding) and leaf.sharding.mesh == mesh
+
+
+def test_chunked_prefill_equals_one_shot(setup, greedy_reference):
+    """Prompts longer than `prefill_chunk` are appended chunk by chunk, with the same result;
+    a row whose prompt ends in an early chunk keeps the first token that chunk sampled."""
+    model, params, _ = setup
+    prompts = [list(range(1, 41)), [7, 8, 9], list(range(100, 117))]  # 40 > 2 chunks, 3, 17
+    engine = chimera.Engine(model, params, max_batch=4, max_len=64, prefill_chunk=16)
+    assert engine.pad_width(40) == 48
+    outs = engine.generate(prompts, max_new_tokens=6)
+    assert [o.tokens for o in outs] == greedy_reference(model, params, prompts, 6)
+
+
+@pytest.mark.parametrize("chunk", [0, 8, 24])
+def test_bad_prefill_chunk(setup, chunk):
+    model, params, _ = setup
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        chimera.Engine(model, params, prefill_chunk=chunk)
