@@ -6,6 +6,8 @@ from chimera.architectures.config import ConfigError, ModelConfig, list_presets,
 
 # Built-in blocks register themselves on import.
 from chimera.attention.attention import Attention
+from chimera.attention.h2o import H2OAttention
+from chimera.attention.sparse import BlockSparseAttention
 from chimera.moe.mlp import GatedMLP
 
 from chimera.runtime.model import Model, build
@@ -15,7 +17,7 @@ from chimera.architectures.hf import from_hf
 from chimera.sharding.mesh import make_mesh
 
 __all__ = [
-    "Attention", "ConfigError", "Context", "DecodeState", "Engine", "GatedMLP", "Generation", "Model",
+    "Attention", "BlockSparseAttention", "ConfigError", "H2OAttention", "Context", "DecodeState", "Engine", "GatedMLP", "Generation", "Model",
     "ModelConfig", "Sampling", "build", "from_hf", "list_presets", "load_config", "make_mesh",
     "register_ffn", "register_mixer",
 ]

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from chimera.architectures.config import ConfigError, require_positive
-from chimera.attention.core import attend
+from chimera.attention.core import grouped_logits, mix, probabilities
 from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies
 from chimera.runtime.protocol import Context, register_mixer
 
@@ -127,10 +127,19 @@ class Attention:
         inv_freq = self.inv_freq
         return apply_rope(q, ctx.positions, inv_freq), apply_rope(k, ctx.positions, inv_freq), v
 
+    def probabilities(self, params, logits, mask):
+        """logits [B, Hkv, G, T, S], mask [B, T, S] -> softmax with this block's soft-cap and sinks."""
+        return probabilities(logits, mask, softcap=self.softcap,
+                             sink_logits=params["sinks"] if self.learned_sinks else None)
+
     def attend(self, params, q, k, v, mask):
-        """The shared softmax with this block's scale, soft-cap and sinks; mask [B, T, S]."""
-        return attend(q, k, v, mask, scale=self.scale, softcap=self.softcap,
-                      sink_logits=params["sinks"] if self.learned_sinks else None)
+        """q [B, T, H, Dh], k and v [B, S, Hkv, Dh], mask [B, T, S] -> [B, T, H, Dh]."""
+        return mix(self.probabilities(params, grouped_logits(q, k, self.scale), mask), v)
+
+    def mask(self, positions, slot_positions):
+        """positions [B, T], slot_positions [S] -> [B, T, S] bool: may the query see the slot.
+        Causal: every position up to the query's own. Variants with another pattern override this."""
+        return slot_positions[None, None, :] <= positions[:, :, None]
 
     def output(self, params, attn):
         """attn [B, T, H, Dh] -> [B, T, D]."""
@@ -141,9 +150,8 @@ class Attention:
         q, k, v = self.project(params, x, ctx)
         k_cache = write_cache(state["k"], k, ctx)  # [B, S, Hkv, Dh]
         v_cache = write_cache(state["v"], v, ctx)
-        slots = jnp.arange(k_cache.shape[1])
-        # Slot j holds position j; a query sees every position up to its own, and
-        # stale slots past a sequence's length are always ahead of its queries.
-        mask = slots[None, None, :] <= ctx.positions[:, :, None]  # [B, T, S]
+        # Slot j holds position j; stale slots past a sequence's length are always ahead of
+        # its queries, so a causal mask hides them.
+        mask = self.mask(ctx.positions, jnp.arange(k_cache.shape[1]))  # [B, T, S]
         out = self.attend(params, q, k_cache, v_cache, mask)  # [B, T, H, Dh]
         return self.output(params, out), {"k": k_cache, "v": v_cache}
