@@ -112,6 +112,11 @@ class Attention:
     def state_bytes(self, context: int, dtype) -> int:
         return 2 * context * self.n_kv_heads * self.head_dim * jnp.dtype(dtype).itemsize
 
+    def decode_bytes(self, context: int, dtype) -> int:
+        """Bytes one decode step moves for a sequence holding `context` tokens: what the cache
+        holds is read, one token's slot is written (true of every variant's cache)."""
+        return self.state_bytes(context, dtype) + self.state_bytes(1, dtype)
+
     def flops_per_token(self, context: int) -> int:
         projections = 2 * self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
         scores_and_mix = 4 * self.n_heads * self.head_dim * context

@@ -1,8 +1,9 @@
 """Analytic costs of a model: parameter and state bytes, bytes moved per decode step, FLOPs.
 
-Blocks may state their own costs (`state_bytes(context, dtype)`, `flops_per_token(context)`
-for mixers, `flops_per_token()` for ffns); a block that doesn't is costed from its
-arrays: state = what `init_state` allocates, FLOPs = 2 x its parameter count.
+Blocks may state their own costs (`state_bytes(context, dtype)`, `decode_bytes(context,
+dtype)` and `flops_per_token(context)` for mixers, `flops_per_token()` for ffns); a block
+that doesn't is costed from its arrays: state = what `init_state` allocates, a decode step
+reads it and rewrites it whole, FLOPs = 2 x its parameter count.
 """
 
 from __future__ import annotations
@@ -46,8 +47,7 @@ def state_bytes(model: Model, context: int) -> int:
 def decode_bytes_per_step(model: Model, batch: int, context: int) -> int:
     """The fewest bytes one decode step must move: every weight once (the embedding table
     only for the rows looked up, unless it is also the LM head), plus each sequence's state
-    read, plus what the step writes (the new token's slots for a growing cache, the whole
-    state for a fixed-size one)."""
+    traffic (`decode_bytes`: a KV cache is read and one token's slot written)."""
     params = param_shapes(model)
     weights = tree_bytes(params)
     if not model.config.tie_embeddings:
@@ -55,9 +55,10 @@ def decode_bytes_per_step(model: Model, batch: int, context: int) -> int:
         weights += batch * embed.shape[1] * embed.dtype.itemsize - tree_bytes(embed)
     per_sequence = 0
     for mixer, _ in model.blocks:
-        read = mixer_state_bytes(mixer, context, model.dtype)
-        grown = mixer_state_bytes(mixer, context + 1, model.dtype) - read
-        per_sequence += read + (grown if grown > 0 else read)
+        if hasattr(mixer, "decode_bytes"):
+            per_sequence += mixer.decode_bytes(context, model.dtype)
+        else:
+            per_sequence += 2 * mixer_state_bytes(mixer, context, model.dtype)
     return weights + batch * per_sequence
 
 
