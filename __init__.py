@@ -7,7 +7,10 @@ from chimera.architectures.config import ConfigError, ModelConfig, list_presets,
 # Built-in blocks register themselves on import.
 from chimera.attention.attention import Attention
 from chimera.attention.h2o import H2OAttention
+from chimera.attention.mla import MLA
+from chimera.attention.sinks import SinkAttention
 from chimera.attention.sparse import BlockSparseAttention
+from chimera.attention.window import SlidingWindowAttention
 from chimera.moe.mlp import GatedMLP
 
 from chimera.runtime.model import Model, build
@@ -17,7 +20,7 @@ from chimera.architectures.hf import from_hf
 from chimera.sharding.mesh import make_mesh
 
 __all__ = [
-    "Attention", "BlockSparseAttention", "ConfigError", "H2OAttention", "Context", "DecodeState", "Engine", "GatedMLP", "Generation", "Model",
+    "Attention", "BlockSparseAttention", "ConfigError", "H2OAttention", "MLA", "SinkAttention", "SlidingWindowAttention", "Context", "DecodeState", "Engine", "GatedMLP", "Generation", "Model",
     "ModelConfig", "Sampling", "build", "from_hf", "list_presets", "load_config", "make_mesh",
     "register_ffn", "register_mixer",
 ]

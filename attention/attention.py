@@ -14,7 +14,7 @@ import numpy as np
 
 from chimera.architectures.config import ConfigError, require_positive
 from chimera.attention.core import grouped_logits, mix, probabilities
-from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies
+from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies, rope_attention_factor
 from chimera.runtime.protocol import Context, register_mixer
 
 
@@ -129,8 +129,11 @@ class Attention:
         v = jnp.einsum("btd,dhk->bthk", x, params["wv"])  # [B, T, Hkv, Dh]
         if self.qkv_bias:
             q, k, v = q + params["bq"], k + params["bk"], v + params["bv"]
-        inv_freq = self.inv_freq
-        return apply_rope(q, ctx.positions, inv_freq), apply_rope(k, ctx.positions, inv_freq), v
+        return self.rope(q, ctx.positions), self.rope(k, ctx.positions), v
+
+    def rope(self, x, positions):
+        """x [B, T, H, Dh] rotated to `positions` [B, T] by this block's RoPE (yarn's cos/sin factor included)."""
+        return apply_rope(x, positions, self.inv_freq, rope_attention_factor(self.rope_scaling))
 
     def probabilities(self, params, logits, mask):
         """logits [B, Hkv, G, T, S], mask [B, T, S] -> softmax with this block's soft-cap and sinks."""

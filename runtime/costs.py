@@ -77,8 +77,20 @@ def flops_per_token(model: Model, context: float, with_head: bool = True) -> flo
 
 
 def prefill_flops(model: Model, batch: int, prompt_len: int) -> float:
-    """FLOPs of a causal prefill that returns only the last token's logits.
-    Costs are linear in context, so the mean context (T+1)/2 gives the exact sum."""
-    body = flops_per_token(model, (prompt_len + 1) / 2, with_head=False) * prompt_len
+    """FLOPs of a causal prefill that returns only the last token's logits: token t attends
+    over t + 1 tokens (summed exactly: a window's cost is not linear in context)."""
+    params = param_shapes(model)
+    per_block: dict[int, float] = {}  # layers share block objects: cost each distinct one once
+    body = 0.0
+    for (mixer, ffn), layer in zip(model.blocks, params["layers"]):
+        if id(mixer) not in per_block:
+            if hasattr(mixer, "flops_per_token"):
+                per_block[id(mixer)] = float(sum(mixer.flops_per_token(t) for t in range(1, prompt_len + 1)))
+            else:
+                per_block[id(mixer)] = 2.0 * tree_size(layer["mixer"]) * prompt_len
+        body += per_block[id(mixer)]
+        if ffn is not None:
+            body += prompt_len * (ffn.flops_per_token() if hasattr(ffn, "flops_per_token")
+                                  else 2 * tree_size(layer["ffn"]))
     head = 2 * model.config.d_model * model.config.vocab_size
     return batch * (body + head)

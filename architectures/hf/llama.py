@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from chimera.architectures.config import ModelConfig
 from chimera.architectures.hf import Checkpoint, register_converter
 from chimera.attention.attention import Attention
@@ -122,7 +120,7 @@ def to_hf_config(config: ModelConfig) -> dict:
                          f"Llama equivalent")
     rope = {"rope_type": "default", "rope_theta": attn.rope_theta}
     if attn.rope_scaling is not None:
-        rope |= {k: v for k, v in dataclasses.asdict(attn.rope_scaling).items() if k != "type"}
+        rope |= attn.rope_scaling.parameters()
         rope["rope_type"] = attn.rope_scaling.type
     return {
         "vocab_size": config.vocab_size, "hidden_size": config.d_model, "num_hidden_layers": config.n_layers,

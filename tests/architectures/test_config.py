@@ -115,7 +115,7 @@ BAD_CONFIGS = {
     "undefined ffn": (base_with(layers=[{"mixer": "attn"}, {"mixer": "attn", "ffn": "moe"}]),
                       "layers[1].ffn", "moe"),
     "block sets d_model": (attn_with(d_model=16), "mixers.attn.d_model", "set by the model"),
-    "unknown rope scaling type": (rope(type="yarn", factor=2.0), "mixers.attn.rope_scaling.type", "yarn"),
+    "unknown rope scaling type": (rope(type="longrope", factor=2.0), "mixers.attn.rope_scaling.type", "longrope"),
     "zero rope factor": (rope(type="linear", factor=0.0), "mixers.attn.rope_scaling.factor", "positive"),
     "negative rope factor": (rope(type="llama3", factor=-8.0), "mixers.attn.rope_scaling.factor", "positive"),
     "bad dtype": (base_with(dtype="int8"), "dtype", "int8"),
