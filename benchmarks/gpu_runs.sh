@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The foundation issue's GPU measurements (run on the lent GPU from the repo root; $OUT receives JSON).
-#   bash benchmarks/gpu_foundation.sh chimera|transformers
+# The GPU measurements in BENCHMARKS.md (run on the lent GPU from the repo root; $OUT receives JSON).
+#   bash benchmarks/gpu_runs.sh chimera|transformers|long-context
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -14,6 +14,11 @@ case "${1:-chimera}" in
       python3 -m chimera.runtime.cli bench --config $cfg --batch 1,16 --prompt-len 128 --gen 128 --dtype bfloat16 --json "$OUT/chimera-$cfg.json"
     done
     python3 -m chimera.runtime.cli bench --config llama-3-8b --batch 1 --prompt-len 2048 --gen 16 --dtype bfloat16 --repeats 3 --json "$OUT/chimera-llama-3-8b-prefill2048.json"
+    ;;
+  long-context)
+    for cfg in mistral-7b llama-3-8b; do
+      python3 -m chimera.runtime.cli bench --config $cfg --batch 1 --context 4096,32768 --gen 64 --dtype bfloat16 --repeats 3 --json "$OUT/chimera-$cfg-context.json"
+    done
     ;;
   transformers)
     for cfg in llama-3.2-1b llama-3-8b; do
