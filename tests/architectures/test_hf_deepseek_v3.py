@@ -19,8 +19,9 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 
 import chimera  # noqa: E402
 import chimera.architectures.hf.deepseek_v3  # noqa: E402,F401  (registers the converter)
+import hf_parity  # noqa: E402
+from hf_parity import TOL, check_forward, check_greedy, check_incremental, hf_logits, randomise_, rel_err  # noqa: E402
 
-TOL = 1e-4  # relative error of float32 logits, fixed by the issue
 VOCAB, T = 128, 24
 
 BASE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, first_k_dense_replace=2,
@@ -48,33 +49,12 @@ def build_hf(seed=0, **overrides):
     """A tiny float32 DeepseekV3ForCausalLM with non-trivial weights everywhere."""
     torch.manual_seed(seed)
     config = transformers.DeepseekV3Config(**(BASE | overrides))
-    hf = transformers.DeepseekV3ForCausalLM._from_config(config, attn_implementation="eager",
-                                                         dtype=torch.float32).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name:  # not ones, so swapping or dropping a norm weight shows
-                p.uniform_(0.5, 1.5)
-            elif "embed_tokens" in name:
-                p.normal_(0.0, 1.0)
-            elif p.ndim == 2:  # fan-in scaling keeps activations O(1)
-                p.normal_(0.0, p.shape[1] ** -0.5)
-            else:
-                p.normal_(0.0, 0.1)
-    return hf
-
-
-def hf_logits(hf, tokens):
-    with torch.no_grad():
-        return hf(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b) / np.linalg.norm(b)
+    return randomise_(transformers.DeepseekV3ForCausalLM._from_config(config, attn_implementation="eager",
+                                                                      dtype=torch.float32).eval())
 
 
 def random_tokens(shape, seed=0):
-    return np.random.default_rng(seed).integers(0, VOCAB, shape).astype(np.int32)
+    return hf_parity.random_tokens(shape, VOCAB, seed)
 
 
 def edit_config(folder, **changes):
@@ -118,47 +98,21 @@ def test_folder_has_what_the_case_needs(case):
 
 def test_forward_matches_transformers(case):
     name, hf, folder, model, params = case
-    tokens = random_tokens((2, T))
-    logits = model.forward(params, tokens)
-    assert logits.dtype == np.float32 and logits.shape == (2, T, VOCAB)
-    assert rel_err(logits, hf_logits(hf, tokens)) < TOL
+    check_forward(hf, model, params, random_tokens((2, T)))
 
 
 def test_extend_incremental_matches_transformers(case):
     """A ragged prompt batch, then one token at a time (the absorbed path), against HF's
     full forward per row."""
     name, hf, folder, model, params = case
-    tokens = random_tokens((2, T), seed=1)
-    prompt = np.array([7, 13])
-    want = [hf_logits(hf, tokens[b:b + 1])[0] for b in range(2)]  # each row alone: [T, V]
-
-    state = model.init_state(2, T)
-    logits, state = model.extend(params, state, tokens[:, :prompt.max()], lengths=prompt, all_logits=True)
-    for b in range(2):
-        assert rel_err(logits[b, :prompt[b]], want[b][:prompt[b]]) < TOL
-    for step in range(T - prompt.max()):
-        pos = prompt + step
-        logits, state = model.extend(params, state, tokens[np.arange(2), pos][:, None])
-        for b in range(2):
-            assert rel_err(logits[b], want[b][pos[b]]) < TOL, (b, pos[b])
+    check_incremental(hf, model, params, random_tokens((2, T), seed=1), [7, 13])
 
 
 def test_greedy_generation_matches_transformers(case):
     """A ragged batch through the Engine gives, per prompt, HF's greedy continuation."""
     name, hf, folder, model, params = case
     rng = np.random.default_rng(2)
-    prompts = [rng.integers(0, VOCAB, n).tolist() for n in (3, 11, 20)]
-    new = 12
-    engine = chimera.Engine(model, params, max_batch=4, max_len=64)
-    outs = engine.generate(prompts, max_new_tokens=new, sampling=chimera.Sampling(temperature=0.0))
-    for prompt, out in zip(prompts, outs, strict=True):
-        with torch.no_grad():  # one unpadded prompt at a time: no HF padding quirks
-            ids = torch.tensor([prompt])
-            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                              max_new_tokens=new, min_new_tokens=new)[0, len(prompt):].tolist()
-        assert len(ref) == new
-        assert out.tokens == ref
-        assert out.finish_reason == "length"
+    check_greedy(hf, model, params, [rng.integers(0, VOCAB, n).tolist() for n in (3, 11, 20)], new_tokens=12)
 
 
 @pytest.mark.parametrize("name, change", [

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import chimera
+from mixer_harness import assert_close, assert_only_written_change, attention_reference, context, init_params
 
 D_MODEL, HEAD_DIM, N_HEADS, SLOTS = 32, 8, 4, 24
 
@@ -20,57 +21,18 @@ def make_block(n_kv_heads, theta=10000.0):
 
 @pytest.fixture(scope="module", params=list(LAYOUTS), ids=list(LAYOUTS))
 def setup(request):
-    """(block, params) with biases randomised: init leaves them at zero, which would hide their use."""
+    """(block, params) with biases randomised."""
     block = make_block(LAYOUTS[request.param], theta=500.0)
-    params = block.init(jax.random.key(0))
-    rng = np.random.default_rng(1)
-    params = {name: jnp.asarray(rng.normal(size=p.shape), jnp.float32) if name.startswith("b") else p
-              for name, p in params.items()}
+    params = init_params(block)
     assert set(params) == {"wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo"}
     return block, params
 
 
-def reference(block, params, x, positions):
-    """One sequence. x [T, D], positions [T] -> (y [T, D], rotated k [T, Hkv, Dh], v [T, Hkv, Dh]), float64."""
-    p = {name: np.asarray(value, np.float64) for name, value in params.items()}
-    x = np.asarray(x, np.float64)
-    q = np.einsum("td,dhk->thk", x, p["wq"]) + p["bq"]
-    k = np.einsum("td,dhk->thk", x, p["wk"]) + p["bk"]
-    v = np.einsum("td,dhk->thk", x, p["wv"]) + p["bv"]
-
-    # Rotate-half RoPE: pair dimension i with i + Dh/2, rotated by position * theta^(-2i/Dh).
-    half = block.head_dim // 2
-    angles = np.asarray(positions, np.float64)[:, None] * block.rope_theta ** (-np.arange(half) * 2 / block.head_dim)
-    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]  # [T, 1, Dh/2]
-
-    def rope(z):
-        z1, z2 = z[..., :half], z[..., half:]
-        return np.concatenate([z1 * cos - z2 * sin, z2 * cos + z1 * sin], axis=-1)
-
-    q, k = rope(q), rope(k)
-    # Query head h reads KV head h // group (consecutive query heads share a KV head).
-    group = block.n_heads // block.n_kv_heads
-    k_shared, v_shared = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)  # [T, H, Dh]
-    scores = np.einsum("qhk,shk->hqs", q, k_shared) / np.sqrt(block.head_dim)
-    causal = positions[None, :, None] >= positions[None, None, :]
-    scores = np.where(causal, scores, -np.inf)
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    weights /= weights.sum(-1, keepdims=True)
-    out = np.einsum("hqs,shk->qhk", weights, v_shared)
-    y = np.einsum("qhk,hkd->qd", out, p["wo"]) + p["bo"]
-    return y, k, v
-
-
-def assert_close(actual, expected):
-    # float32 against float64: the budget of a few float32 roundings through two projections.
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=1e-5, atol=1e-5)
-
-
-def context(starts, lengths, width):
-    """Rows start at absolute position starts[b] and append lengths[b] of `width` tokens."""
-    steps = np.arange(width)
-    return chimera.Context(positions=jnp.asarray(np.asarray(starts)[:, None] + steps, jnp.int32),
-                           valid=jnp.asarray(steps[None, :] < np.asarray(lengths)[:, None]))
+def reference(block, params, x):
+    """One sequence x [T, D] from position 0, causal: a query at i sees every key j <= i.
+    -> (y [T, D], rotated k [T, Hkv, Dh], v [T, Hkv, Dh]), float64."""
+    positions = np.arange(len(x))
+    return attention_reference(block, params, x, positions[:, None] >= positions[None, :])
 
 
 def random_x(batch, width, seed):
@@ -94,7 +56,7 @@ def test_prefill_matches_reference(setup):
     y, new_state = block(params, jnp.asarray(x), state, context([0, 0, 0], lengths, 9))
     assert y.shape == x.shape
     for b, n in enumerate(lengths):
-        y_ref, k_ref, v_ref = reference(block, params, x[b, :n], np.arange(n))
+        y_ref, k_ref, v_ref = reference(block, params, x[b, :n])
         assert_close(y[b, :n], y_ref)
         assert_close(new_state["k"][b, :n], k_ref)
         assert_close(new_state["v"][b, :n], v_ref)
@@ -112,13 +74,10 @@ def test_padding_leaves_cache_bit_identical(setup):
     starts, lengths = np.array([2, 7, 0]), np.array([3, 0, 5])
     x = jnp.asarray(random_x(3, 6, seed=4))
     _, new_state = block(params, x, state, context(starts, lengths, 6))
+    slot = np.arange(SLOTS)
+    written = (slot >= starts[:, None]) & (slot < (starts + lengths)[:, None])  # [B, S]
     for name in ("k", "v"):
-        before, after = np.asarray(state[name]), np.asarray(new_state[name])
-        for b in range(3):
-            written = np.zeros(SLOTS, bool)
-            written[starts[b]:starts[b] + lengths[b]] = True
-            np.testing.assert_array_equal(after[b, ~written], before[b, ~written])
-            assert (after[b, written] != before[b, written]).any(axis=(1, 2)).all()
+        assert_only_written_change(state[name], new_state[name], written)
 
     _, same = block(params, x, state, context(starts, [0, 0, 0], 6))
     for name in ("k", "v"):
@@ -144,7 +103,7 @@ def test_extend_from_nonzero_start_matches_reference(setup):
     y, state = block(params, jnp.asarray(chunk), state, context(starts, lengths, width))
     for b in range(3):
         end = starts[b] + lengths[b]
-        y_ref, k_ref, v_ref = reference(block, params, full[b, :end], np.arange(end))
+        y_ref, k_ref, v_ref = reference(block, params, full[b, :end])
         assert_close(y[b, :lengths[b]], y_ref[starts[b]:])
         assert_close(state["k"][b, :end], k_ref)
         assert_close(state["v"][b, :end], v_ref)

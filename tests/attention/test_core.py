@@ -6,31 +6,18 @@ import numpy as np
 import pytest
 
 from chimera.attention.core import attend
+import mixer_harness
 
 B, T, S, H, DH = 2, 5, 7, 4, 8
 SCALE = DH ** -0.5
 
 
 def reference(q, k, v, mask, softcap=None, sinks=None):
-    """q [B, T, H, Dh], k and v [B, S, Hkv, Dh], mask [B, T, S] -> [B, T, H, Dh], float64.
-    Query head h reads KV head h // (H // Hkv). A sink is one more softmax term exp(sink_h)
-    in the denominator, with no value. Rows with nothing visible come out NaN."""
-    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
-    group = q.shape[2] // k.shape[2]
-    k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)  # [B, S, H, Dh]
-    logits = np.einsum("bthd,bshd->bhts", q, k) * SCALE
-    if softcap is not None:
-        logits = softcap * np.tanh(logits / softcap)
-    logits = np.where(mask[:, None], logits, -np.inf)  # [B, H, T, S]
-    top = logits.max(-1, keepdims=True)
-    if sinks is not None:
-        top = np.maximum(top, np.asarray(sinks, np.float64)[None, :, None, None])
+    """q [B, T, H, Dh], k and v [B, S, Hkv, Dh], mask [B, T, S] -> [B, T, H, Dh], float64, from
+    the shared numpy softmax attention (scale Dh ** -0.5 = SCALE). Rows with nothing visible
+    come out NaN."""
     with np.errstate(invalid="ignore"):  # -inf - -inf on a fully masked row: NaN, as documented
-        weights = np.exp(logits - top)
-    denominator = weights.sum(-1, keepdims=True)
-    if sinks is not None:
-        denominator = denominator + np.exp(np.asarray(sinks, np.float64)[None, :, None, None] - top)
-    return np.einsum("bhts,bshd->bthd", weights / denominator, v)
+        return mixer_harness.attend(q, k, v, mask, softcap, sinks)
 
 
 def inputs(n_kv_heads, seed):

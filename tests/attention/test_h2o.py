@@ -10,6 +10,8 @@ import pytest
 import chimera
 import chimera.attention.h2o  # noqa: F401  (registers the kind)
 from chimera.attention.h2o import H2OAttention, select
+from mixer_harness import (assert_close, check_prompt_then_decode, context, float64, init_params, padded, qkv, rope,
+                           tiny_config)
 
 D_MODEL, HEAD_DIM, N_HEADS, MAX_LEN = 32, 8, 4, 32
 
@@ -28,29 +30,10 @@ def setup(request):
     n_kv_heads, budget, recent, extra = VARIANTS[request.param]
     block = H2OAttention(d_model=D_MODEL, n_heads=N_HEADS, n_kv_heads=n_kv_heads, head_dim=HEAD_DIM,
                          rope_theta=500.0, qkv_bias=True, out_bias=True, budget=budget, recent=recent, **extra)
-    params = block.init(jax.random.key(0))
-    rng = np.random.default_rng(1)
-    params = {name: jnp.asarray(rng.normal(size=p.shape), jnp.float32) if name[0] in "bs" else p
-              for name, p in params.items()}
-    return block, params, jax.jit(block.__call__)
+    return block, init_params(block, randomise="bs"), jax.jit(block.__call__)
 
 
 # --- the float64 reference ---
-
-def project(block, p, x, positions):
-    """x [T, D] -> q [T, H, Dh], k, v [T, Hkv, Dh] in float64, rotate-half RoPE at `positions`."""
-    q = np.einsum("td,dhk->thk", x, p["wq"]) + p["bq"]
-    k = np.einsum("td,dhk->thk", x, p["wk"]) + p["bk"]
-    v = np.einsum("td,dhk->thk", x, p["wv"]) + p["bv"]
-    half = block.head_dim // 2
-    angles = np.asarray(positions, np.float64)[:, None] * block.rope_theta ** (-np.arange(half) * 2 / block.head_dim)
-    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]  # [T, 1, Dh/2]
-
-    def rope(z):
-        return np.concatenate([z[..., :half] * cos - z[..., half:] * sin,
-                               z[..., half:] * cos + z[..., :half] * sin], axis=-1)
-    return rope(q), rope(k), v
-
 
 class ReferenceH2O:
     """One sequence's H2O cache as plain lists, float64, written from the rule in the docstring
@@ -60,13 +43,14 @@ class ReferenceH2O:
 
     def __init__(self, block, params):
         self.block = block
-        self.p = {name: np.asarray(value, np.float64) for name, value in params.items()}
+        self.p = float64(params)
         self.pos, self.k, self.v, self.score = [], [], [], []
 
     def extend(self, x, positions):
         """x [n, D], positions [n] -> y [n, D]."""
         block, p = self.block, self.p
-        q, k, v = project(block, p, np.asarray(x, np.float64), positions)
+        q, k, v = qkv(p, x)
+        q, k = rope(q, positions, block.rope_theta), rope(k, positions, block.rope_theta)
         pos = np.array(self.pos + list(positions))  # [N]
         keys, values = np.array(self.k + list(k)), np.array(self.v + list(v))  # [N, Hkv, Dh]
         group = block.n_heads // block.n_kv_heads
@@ -100,17 +84,6 @@ class ReferenceH2O:
 
 
 # --- helpers ---
-
-def context(starts, lengths, width):
-    steps = np.arange(width)
-    return chimera.Context(positions=jnp.asarray(np.asarray(starts)[:, None] + steps, jnp.int32),
-                           valid=jnp.asarray(steps[None, :] < np.asarray(lengths)[:, None]))
-
-
-def assert_close(actual, expected):
-    # float32 against float64: a few float32 roundings through two projections.
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=1e-5, atol=1e-5)
-
 
 def held(state, b):
     """Row b of a block state: {position: slot} of the slots in use."""
@@ -187,16 +160,7 @@ LENGTHS = np.array([T, 5, 9])
 
 
 def config(kind="h2o", **fields):
-    attn = {"kind": kind, "n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "rope_theta": 500.0, **fields}
-    return chimera.ModelConfig.from_dict({
-        "name": "h2o-test", "vocab_size": 64, "d_model": 32, "n_layers": 2,
-        "layers": [{"mixer": "attn", "ffn": "mlp"}], "mixers": {"attn": attn},
-        "ffns": {"mlp": {"kind": "mlp", "d_ff": 64}}})
-
-
-def padded(tokens, lengths, seed):
-    garbage = np.random.default_rng(seed).integers(0, 64, tokens.shape)
-    return np.where(np.arange(tokens.shape[1])[None, :] < lengths[:, None], tokens, garbage).astype(np.int32)
+    return tiny_config("h2o-test", kind, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -228,12 +192,7 @@ def test_budget_covering_the_sequence_is_full_attention(params, plain_logits, to
     assert jax.tree.structure(model.init(jax.random.key(1))) == jax.tree.structure(params)
     np.testing.assert_allclose(model.forward(params, tokens), plain_logits, rtol=1e-5, atol=1e-5)
 
-    state = model.init_state(B, MAX_LEN_MODEL)
-    logits, state = model.extend(params, state, tokens[:, :5], all_logits=True)
-    np.testing.assert_allclose(logits, plain_logits[:, :5], rtol=1e-5, atol=1e-5)
-    for t in range(5, T):
-        logits, state = model.extend(params, state, tokens[:, t:t + 1])
-        np.testing.assert_allclose(logits, plain_logits[:, t], rtol=1e-5, atol=1e-5)
+    state = check_prompt_then_decode(model, params, tokens, plain_logits, prompt=5, max_len=MAX_LEN_MODEL)
     for layer in state.layers:
         np.testing.assert_array_equal(np.sort(np.asarray(layer["pos"]), axis=1), np.tile(np.arange(T), (B, 1)))
 
@@ -254,8 +213,8 @@ def test_ragged_batch_with_eviction_matches_alone(evicting, params, tokens):
     """Rows of different lengths, prefilled together and decoded on together, match each row
     run as a batch of one (padded to the same width), eviction choices included."""
     model = evicting
-    logits, state = model.extend(params, model.init_state(B, MAX_LEN_MODEL), padded(tokens, LENGTHS, 1), LENGTHS)
-    alone = [model.extend(params, model.init_state(1, MAX_LEN_MODEL), padded(tokens[b:b + 1], LENGTHS[b:b + 1], 2),
+    logits, state = model.extend(params, model.init_state(B, MAX_LEN_MODEL), padded(tokens, LENGTHS, 64, 1), LENGTHS)
+    alone = [model.extend(params, model.init_state(1, MAX_LEN_MODEL), padded(tokens[b:b + 1], LENGTHS[b:b + 1], 64, 2),
                           LENGTHS[b:b + 1]) for b in range(B)]
     for step in range(4):
         for b in range(B):

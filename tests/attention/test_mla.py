@@ -13,6 +13,7 @@ import pytest
 import chimera
 from chimera.attention.mla import MLA
 from chimera.attention.rope import RopeScaling, inverse_frequencies, rope_attention_factor
+from mixer_harness import assert_close, assert_only_written_change, context, padded
 
 D_MODEL, SLOTS = 32, 24
 
@@ -102,18 +103,6 @@ def reference(block, params, x, positions):
     weights /= weights.sum(-1, keepdims=True)
     y = np.einsum("thv,hvd->td", np.einsum("hts,shv->thv", weights, v), p["wo"])
     return y, latent, k_rope[:, np.concatenate([first, second])]
-
-
-def assert_close(actual, expected):
-    # float32 against float64: a few float32 roundings through four projections.
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=1e-5, atol=1e-5)
-
-
-def context(starts, lengths, width):
-    """Rows start at absolute position starts[b] and append lengths[b] of `width` tokens."""
-    steps = np.arange(width)
-    return chimera.Context(positions=jnp.asarray(np.asarray(starts)[:, None] + steps, jnp.int32),
-                           valid=jnp.asarray(steps[None, :] < np.asarray(lengths)[:, None]))
 
 
 def random_x(batch, width, seed):
@@ -208,13 +197,10 @@ def test_padding_leaves_cache_bit_identical(setup, path):
     x = jnp.asarray(random_x(3, 6, seed=8))
     mla = on_path(block, path)
     _, new_state = call(mla, params, x, state, context(starts, lengths, 6))
+    slot = np.arange(SLOTS)
+    written = (slot >= starts[:, None]) & (slot < (starts + lengths)[:, None])  # [B, S]
     for name in ("latent", "k_rope"):
-        before, after = np.asarray(state[name]), np.asarray(new_state[name])
-        for b in range(3):
-            written = np.zeros(SLOTS, bool)
-            written[starts[b]:starts[b] + lengths[b]] = True
-            np.testing.assert_array_equal(after[b, ~written], before[b, ~written])
-            assert (after[b, written] != before[b, written]).all(axis=1).all()
+        assert_only_written_change(state[name], new_state[name], written, changed=np.all)
     _, same = call(mla, params, x, state, context(starts, [0, 0, 0], 6))
     for name in ("latent", "k_rope"):
         np.testing.assert_array_equal(np.asarray(same[name]), np.asarray(state[name]))
@@ -324,9 +310,8 @@ def test_prompt_then_token_by_token_matches_forward(model_setup):
 def test_ragged_batch_matches_each_row_alone(model_setup):
     model, params, tokens, want = model_setup
     lengths = np.array([T, 5, 9])
-    garbage = np.random.default_rng(2).integers(0, CONFIG["vocab_size"], tokens.shape)
-    padded = np.where(np.arange(T)[None, :] < lengths[:, None], tokens, garbage).astype(np.int32)
-    logits, state = model.extend(params, model.init_state(B, MAX_LEN), padded, lengths)
+    prompts = padded(tokens, lengths, CONFIG["vocab_size"], seed=2)
+    logits, state = model.extend(params, model.init_state(B, MAX_LEN), prompts, lengths)
     assert_close(logits, want[np.arange(B), lengths - 1])
     nxt = np.random.default_rng(3).integers(0, CONFIG["vocab_size"], (B, 1)).astype(np.int32)
     logits, state = model.extend(params, state, nxt)  # rows now at different positions

@@ -19,7 +19,10 @@ import chimera
 import chimera.attention.sinks  # noqa: F401  (registers the `sink_attention` kind)
 from chimera.attention.sinks import SinkAttention
 from chimera.attention.window import SlidingWindowAttention
-from chimera.runtime import costs
+import mixer_harness
+from mixer_harness import (assert_close, attend, check_bad_config, check_bounded_state, check_chunked_extend,
+                           check_engine_greedy, check_prompt_then_decode, check_ragged_batch_matches_alone, context,
+                           float64, forward_setup, output, preset_with, qkv, random_params, rope, step)
 
 D_MODEL, HEAD_DIM, N_HEADS, N_SINKS, WINDOW, MAX_LEN = 32, 8, 4, 3, 4, 32
 FIELDS = dict(d_model=D_MODEL, n_heads=N_HEADS, head_dim=HEAD_DIM, rope_theta=500.0, qkv_bias=True, out_bias=True)
@@ -36,39 +39,18 @@ def make_block(**fields):
     return SinkAttention(**{**FIELDS, "n_sinks": N_SINKS, "window": WINDOW, **fields})
 
 
-def random_params(block, seed=1):
-    """Random numpy params (no PRNG compiles), biases and sink logits non-zero."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(block.init, jax.random.key(0))
-    return {name: jnp.asarray(rng.normal(size=s.shape) * (2 if name == "sinks" else s.shape[0] ** -0.5), jnp.float32)
-            for name, s in shapes.items()}
-
-
 @pytest.fixture(scope="module", params=list(BLOCKS))
 def setup(request):
     block = make_block(**BLOCKS[request.param])
     return block, random_params(block)
 
 
-def rope(z, positions, block):
-    """Rotate-half RoPE of z [N, heads, Dh] at positions [N]: pair dimension i with i + Dh/2,
-    rotated by position * theta^(-2i/Dh)."""
-    half = block.head_dim // 2
-    angles = np.asarray(positions, np.float64)[:, None] * block.rope_theta ** (-np.arange(half) * 2 / block.head_dim)
-    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]  # [N, 1, Dh/2]
-    z1, z2 = z[..., :half], z[..., half:]
-    return np.concatenate([z1 * cos - z2 * sin, z2 * cos + z1 * sin], axis=-1)
-
-
 def reference(block, params, x):
     """One whole sequence x [T, D] at positions 0..T-1 -> (y [T, D], k before RoPE, k rotated at
     its position, v [T, Hkv, Dh]), float64. One query at a time, straight from the rule."""
-    p = {name: np.asarray(value, np.float64) for name, value in params.items()}
-    x = np.asarray(x, np.float64)
-    q = np.einsum("td,dhk->thk", x, p["wq"]) + p["bq"]
-    k = np.einsum("td,dhk->thk", x, p["wk"]) + p["bk"]
-    v = np.einsum("td,dhk->thk", x, p["wv"]) + p["bv"]
-    group = block.n_heads // block.n_kv_heads  # query head h reads KV head h // group
+    p = float64(params)
+    q, k, v = qkv(p, x)
+    theta = block.rope_theta
     out = np.zeros_like(q)
     for t in range(len(x)):
         seen = [j for j in range(t + 1) if j < block.n_sinks or j > t - block.window]  # K(t), in order
@@ -76,60 +58,13 @@ def reference(block, params, x):
             q_at, k_at = [t], seen
         else:  # StreamingLLM: positions within the cache
             q_at, k_at = [len(seen) - 1], range(len(seen))
-        q_t = rope(q[t:t + 1], q_at, block)[0]  # [H, Dh]
-        k_t = np.repeat(rope(k[seen], k_at, block), group, axis=1)  # [S, H, Dh]
-        scores = np.einsum("hk,shk->hs", q_t, k_t) / np.sqrt(block.head_dim)
-        if block.softcap is not None:
-            scores = block.softcap * np.tanh(scores / block.softcap)
-        # A learned sink is one more logit per head in the denominator, with no value.
-        sink = p["sinks"][:, None] if block.learned_sinks else np.full((block.n_heads, 1), -np.inf)
-        top = np.maximum(scores.max(-1, keepdims=True), sink)
-        weights = np.exp(scores - top)
-        weights /= weights.sum(-1, keepdims=True) + np.exp(sink - top)
-        out[t] = np.einsum("hs,shk->hk", weights, np.repeat(v[seen], group, axis=1))
-    y = np.einsum("qhk,hkd->qd", out, p["wo"]) + p["bo"]
-    return y, k, rope(k, np.arange(len(x)), block), v
-
-
-def assert_close(actual, expected):
-    # float32 against float64: the budget of a few float32 roundings through two projections.
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=1e-5, atol=1e-5)
-
-
-def context(starts, lengths, width):
-    """Rows start at absolute position starts[b] and append lengths[b] of `width` tokens."""
-    steps = np.arange(width)
-    return chimera.Context(positions=jnp.asarray(np.asarray(starts)[:, None] + steps, jnp.int32),
-                           valid=jnp.asarray(steps[None, :] < np.asarray(lengths)[:, None]))
-
-
-@functools.cache
-def step(block):
-    return jax.jit(block.__call__)
+        out[t] = attend(rope(q[t:t + 1], q_at, theta), rope(k[seen], k_at, theta), v[seen],
+                        softcap=block.softcap, sinks=p["sinks"] if block.learned_sinks else None)[0]
+    return output(p, out), k, rope(k, np.arange(len(x)), theta), v
 
 
 WIDE = 11  # every multi-token call is padded to this width: one compile for all of them
-
-
-def run(block, params, full, schedule, seed=0):
-    """Feed row b of `full` [B, N, D] to the block in calls of schedule[i][b] tokens, from an
-    empty state; each call's padding is random garbage. Returns (y [B, N, D] at the fed
-    positions, NaN elsewhere; final state; tokens held [B])."""
-    batch = full.shape[0]
-    rng = np.random.default_rng(seed)
-    state = block.init_state(batch, MAX_LEN, jnp.float32)
-    held = np.zeros(batch, int)
-    ys = np.full(full.shape, np.nan)
-    for lengths in map(np.asarray, schedule):
-        width = 1 if lengths.max() <= 1 else WIDE  # width 1 takes the decode path
-        chunk = rng.normal(size=(batch, width, D_MODEL)).astype(np.float32)
-        for b, n in enumerate(lengths):
-            chunk[b, :n] = full[b, held[b]:held[b] + n]
-        y, state = step(block)(params, jnp.asarray(chunk), state, context(held, lengths, width))
-        for b, n in enumerate(lengths):
-            ys[b, held[b]:held[b] + n] = y[b, :n]
-        held += lengths
-    return ys, state, held
+run = functools.partial(mixer_harness.run, max_len=MAX_LEN, width=WIDE)
 
 
 SCHEDULES = {  # calls of (tokens appended per row); n_sinks + window = 7
@@ -256,12 +191,6 @@ def test_state_axes_cover_the_state():
 
 # --- configs ---
 
-def config_with(**attn):
-    cfg = chimera.load_config("sinks-tiny").to_dict()
-    cfg["mixers"]["attn"] = {**cfg["mixers"]["attn"], **attn}
-    return cfg
-
-
 @pytest.mark.parametrize("field, value, message", [
     ("window", 0, "must be positive"),
     ("window", None, "is required"),
@@ -271,12 +200,7 @@ def config_with(**attn):
     ("head_dim", 7, "must be even"),  # the `attention` checks still apply
 ])
 def test_bad_config_names_the_field(field, value, message):
-    cfg = config_with(**{field: value})
-    if value is None:
-        del cfg["mixers"]["attn"][field]
-    with pytest.raises(chimera.ConfigError, match=message) as e:
-        chimera.ModelConfig.from_dict(cfg)
-    assert str(e.value).startswith(f"mixers.attn.{field}:"), str(e.value)
+    check_bad_config("sinks-tiny", field, value, message)
 
 
 def test_defaults():
@@ -293,11 +217,7 @@ B, T = 3, 20  # sequences of 20 tokens through 4 sinks + a window of 8
 @functools.cache
 def model_setup(scheme):
     """(model, params, tokens [B, T], forward logits) for the preset ("cache") or its "original" twin."""
-    cfg = chimera.ModelConfig.from_dict(config_with(rope_positions=scheme))
-    model = chimera.build(cfg)
-    params = model.init(jax.random.key(1))
-    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
-    return model, params, tokens, np.asarray(model.forward(params, tokens))
+    return forward_setup(chimera.ModelConfig.from_dict(preset_with("sinks-tiny", rope_positions=scheme)), B, T)
 
 
 def test_preset():
@@ -311,62 +231,25 @@ def test_preset():
 @pytest.mark.parametrize("scheme", ["cache", "original"])
 def test_prompt_then_token_by_token_matches_forward(scheme):
     """Also under "cache": every query is rotated by its own cache, however the tokens arrive."""
-    model, params, tokens, reference = model_setup(scheme)
-    state = model.init_state(B, 64)
-    logits, state = model.extend(params, state, tokens[:, :13], all_logits=True)  # 13 > 4 + 8
-    assert_close(logits, reference[:, :13])
-    for t in range(13, T):
-        logits, state = model.extend(params, state, tokens[:, t:t + 1])
-        assert_close(logits, reference[:, t])
+    check_prompt_then_decode(*model_setup(scheme), prompt=13, max_len=64)  # 13 > 4 + 8
 
 
 @pytest.mark.parametrize("scheme", ["cache", "original"])
 def test_chunked_extend_matches_forward(scheme):
-    model, params, tokens, reference = model_setup(scheme)
-    state, start = model.init_state(B, 64), 0
-    for size in (3, 13, 3):
-        logits, state = model.extend(params, state, tokens[:, start:start + size], all_logits=True)
-        assert_close(logits, reference[:, start:start + size])
-        start += size
-
-
-LENGTHS = np.array([T, 5, 13])
-
-
-def padded(tokens, seed):
-    garbage = np.random.default_rng(seed).integers(0, 256, tokens.shape)
-    return np.where(np.arange(T)[None, :] < LENGTHS[:, None], tokens, garbage).astype(np.int32)
+    check_chunked_extend(*model_setup(scheme), sizes=(3, 13, 3), max_len=64)
 
 
 def test_ragged_batch_matches_alone():
-    """A ragged prompt batch gives each row its own logits and state (padding never written);
-    decoding on together (rows at different positions) still matches each row alone."""
-    model, params, tokens, reference = model_setup("cache")
-    logits, state = model.extend(params, model.init_state(B, 64), padded(tokens, 1), LENGTHS, all_logits=True)
-    nxt = np.random.default_rng(9).integers(0, 256, (B, 1)).astype(np.int32)
-    together, _ = model.extend(params, state, nxt)
-    for b, n in enumerate(LENGTHS):
-        assert_close(logits[b, :n], reference[b, :n])
-        _, alone = model.extend(params, model.init_state(1, 64), padded(tokens, 4)[b:b + 1], LENGTHS[b:b + 1])
-        for ours, theirs in zip(jax.tree.leaves(state.layers), jax.tree.leaves(alone.layers), strict=True):
-            assert_close(ours[b], theirs[0])
-        alone_logits, _ = model.extend(params, alone, nxt[b:b + 1])
-        assert_close(together[b], alone_logits[0])
+    """Each row gets its own logits and state (padding never written), also decoding on together."""
+    check_ragged_batch_matches_alone(*model_setup("cache"), np.array([T, 5, 13]), max_len=64)
 
 
 def test_engine_generate_matches_greedy_reference(greedy_reference):
     model, params, _, _ = model_setup("cache")
-    prompts = [list(map(int, np.random.default_rng(i).integers(0, 256, n))) for i, n in enumerate([3, 12, 17])]
-    outs = chimera.Engine(model, params, max_batch=4, max_len=64).generate(
-        prompts, max_new_tokens=10, sampling=chimera.Sampling(temperature=0.0))
-    assert [o.tokens for o in outs] == greedy_reference(model, params, prompts, 10)
+    check_engine_greedy(model, params, greedy_reference, new_tokens=10, max_len=64)
 
 
 def test_state_size_does_not_depend_on_max_len():
     model = chimera.build(chimera.load_config("sinks-tiny"))
-    short, long = (jax.eval_shape(lambda n=n: model.init_state(1, n)) for n in (1024, 65536))
-    assert jax.tree.map(lambda x: (x.shape, x.dtype), short.layers) == jax.tree.map(lambda x: (x.shape, x.dtype),
-                                                                                      long.layers)
-    allocated = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(long.layers))
-    assert allocated == 2 * 2 * (4 + 8) * 2 * 16 * 4  # layers x (k, v) x (sinks + window) x kv heads x head_dim x f32
-    assert costs.state_bytes(model, 65536) == costs.state_bytes(model, 12) == allocated
+    # layers x (k, v) x (sinks + window) x kv heads x head_dim x f32
+    check_bounded_state(model, 2 * 2 * (4 + 8) * 2 * 16 * 4, bound=12)

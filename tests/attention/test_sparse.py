@@ -10,6 +10,8 @@ import pytest
 import chimera
 import chimera.attention.sparse  # noqa: F401  (registers the kind)
 from chimera.attention.sparse import BlockSparseAttention
+from mixer_harness import (assert_close, attention_reference, check_prompt_then_decode, context, init_params, padded,
+                           tiny_config)
 
 D_MODEL, HEAD_DIM, N_HEADS, SLOTS = 32, 8, 4, 32
 
@@ -63,48 +65,14 @@ def test_mask_matches_the_rule(pattern):
 def setup():
     """(block, params, jitted call), GQA 4/2, with biases randomised: init leaves them at zero."""
     block = make_block(2, **PATTERN)
-    params = block.init(jax.random.key(0))
-    rng = np.random.default_rng(1)
-    params = {name: jnp.asarray(rng.normal(size=p.shape), jnp.float32) if name.startswith("b") else p
-              for name, p in params.items()}
-    return block, params, jax.jit(block.__call__)
+    return block, init_params(block), jax.jit(block.__call__)
 
 
 def reference(block, params, x):
-    """One sequence from position 0. x [T, D] -> y [T, D], float64, masked by `sees`."""
-    p = {name: np.asarray(value, np.float64) for name, value in params.items()}
-    x = np.asarray(x, np.float64)
-    q = np.einsum("td,dhk->thk", x, p["wq"]) + p["bq"]
-    k = np.einsum("td,dhk->thk", x, p["wk"]) + p["bk"]
-    v = np.einsum("td,dhk->thk", x, p["wv"]) + p["bv"]
-    half, n = block.head_dim // 2, len(x)
-    angles = np.arange(n, dtype=np.float64)[:, None] * block.rope_theta ** (-np.arange(half) * 2 / block.head_dim)
-    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]  # [T, 1, Dh/2]
-
-    def rope(z):
-        return np.concatenate([z[..., :half] * cos - z[..., half:] * sin,
-                               z[..., half:] * cos + z[..., :half] * sin], axis=-1)
-
-    q, k = rope(q), rope(k)
-    group = block.n_heads // block.n_kv_heads
-    k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)  # [T, H, Dh]
+    """One sequence from position 0. x [T, D] -> (y [T, D] float64, masked by `sees`; the mask)."""
+    n = len(x)
     allowed = np.array([[sees(i, j, **PATTERN) for j in range(n)] for i in range(n)])
-    scores = np.where(allowed, np.einsum("qhk,shk->hqs", q, k) / np.sqrt(block.head_dim), -np.inf)
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    weights /= weights.sum(-1, keepdims=True)
-    y = np.einsum("qhk,hkd->qd", np.einsum("hqs,shk->qhk", weights, v), p["wo"]) + p["bo"]
-    return y, allowed
-
-
-def context(starts, lengths, width):
-    steps = np.arange(width)
-    return chimera.Context(positions=jnp.asarray(np.asarray(starts)[:, None] + steps, jnp.int32),
-                           valid=jnp.asarray(steps[None, :] < np.asarray(lengths)[:, None]))
-
-
-def assert_close(actual, expected):
-    # float32 against float64: a few float32 roundings through two projections.
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=1e-5, atol=1e-5)
+    return attention_reference(block, params, x, allowed)[0], allowed
 
 
 FULL = 24
@@ -163,11 +131,7 @@ MODEL_PATTERN = dict(block_size=2, local_blocks=1, global_tokens=1, segment_leng
 
 
 def config(kind="block_sparse", **pattern):
-    attn = {"kind": kind, "n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "rope_theta": 500.0, **pattern}
-    return chimera.ModelConfig.from_dict({
-        "name": "sparse-test", "vocab_size": 64, "d_model": 32, "n_layers": 2,
-        "layers": [{"mixer": "attn", "ffn": "mlp"}], "mixers": {"attn": attn},
-        "ffns": {"mlp": {"kind": "mlp", "d_ff": 64}}})
+    return tiny_config("sparse-test", kind, **pattern)
 
 
 @pytest.fixture(scope="module")
@@ -198,21 +162,15 @@ def test_forward_is_not_full_attention(model_setup, forward_logits, tokens):
 
 def test_prompt_then_token_by_token_matches_forward(model_setup, forward_logits, tokens):
     model, params = model_setup
-    state = model.init_state(B, MAX_LEN)
-    logits, state = model.extend(params, state, tokens[:, :5], all_logits=True)
-    np.testing.assert_allclose(logits, forward_logits[:, :5], rtol=1e-5, atol=1e-5)
-    for t in range(5, T):
-        logits, state = model.extend(params, state, tokens[:, t:t + 1])
-        np.testing.assert_allclose(logits, forward_logits[:, t], rtol=1e-5, atol=1e-5)
+    check_prompt_then_decode(model, params, tokens, forward_logits, prompt=5, max_len=MAX_LEN)
 
 
 def test_ragged_batch_matches_alone(model_setup, forward_logits, tokens):
     model, params = model_setup
-    garbage = np.random.default_rng(1).integers(0, 64, (B, T))
-    padded = np.where(np.arange(T)[None, :] < LENGTHS[:, None], tokens, garbage).astype(np.int32)
-    logits, state = model.extend(params, model.init_state(B, MAX_LEN), padded, LENGTHS)
+    prompts = padded(tokens, LENGTHS, 64, seed=1)
+    logits, state = model.extend(params, model.init_state(B, MAX_LEN), prompts, LENGTHS)
     np.testing.assert_allclose(logits, forward_logits[np.arange(B), LENGTHS - 1], rtol=1e-5, atol=1e-5)
-    alone = [model.extend(params, model.init_state(1, MAX_LEN), padded[b:b + 1], LENGTHS[b:b + 1])
+    alone = [model.extend(params, model.init_state(1, MAX_LEN), prompts[b:b + 1], LENGTHS[b:b + 1])
              for b in range(B)]
     for step in range(3):
         for b in range(B):
