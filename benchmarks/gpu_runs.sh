@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements in BENCHMARKS.md (run on the lent GPU from the repo root; $OUT receives JSON).
-#   bash benchmarks/gpu_runs.sh chimera|transformers|long-context
+#   bash benchmarks/gpu_runs.sh chimera|transformers|long-context|recurrent
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -19,6 +19,13 @@ case "${1:-chimera}" in
     for cfg in mistral-7b llama-3-8b; do
       python3 -m chimera.runtime.cli bench --config $cfg --batch 1 --context 4096,32768 --gen 64 --dtype bfloat16 --repeats 3 --json "$OUT/chimera-$cfg-context.json"
     done
+    ;;
+  recurrent)
+    cli="python3 -m chimera.runtime.cli bench --dtype bfloat16 --gen 64 --repeats 3"
+    # batch 64 prefills 256 tokens per row and call: at 2048 the SSD prefill's [L x L] decay
+    # matrices of 64 rows need more than the GPU's memory.
+    $cli --config mamba2-2.7b --batch 1,64 --context 1024 --prefill-chunk 256 --json "$OUT/chimera-mamba2-2.7b-1k.json"
+    $cli --config mamba2-2.7b --batch 1 --context 4096,32768 --json "$OUT/chimera-mamba2-2.7b-long.json"
     ;;
   transformers)
     for cfg in llama-3.2-1b llama-3-8b; do

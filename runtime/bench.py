@@ -56,9 +56,9 @@ def _timed(fn):
 
 
 def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: int, repeats: int,
-                seed: int = 0) -> BenchResult:
+                seed: int = 0, prefill_chunk: int = 2048) -> BenchResult:
     model = build(config)
-    engine = Engine(model, params, max_batch=batch, max_len=prompt_len + gen)
+    engine = Engine(model, params, max_batch=batch, max_len=prompt_len + gen, prefill_chunk=prefill_chunk)
     rng = np.random.default_rng(seed)
     tokens = np.zeros((batch, engine.pad_width(prompt_len)), np.int32)
     tokens[:, :prompt_len] = rng.integers(0, config.vocab_size, (batch, prompt_len), dtype=np.int32)
@@ -110,7 +110,7 @@ def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: i
 
 
 def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: int, repeats: int = 5,
-        seed: int = 0) -> dict:
+        seed: int = 0, prefill_chunk: int = 2048) -> dict:
     """Benchmark `config` at each (prompt length, batch size); returns a JSON-ready report.
     A prompt length is the context already cached when decoding starts."""
     if min(prompt_lens) < 1 or gen < 2:
@@ -119,7 +119,8 @@ def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: in
     params = jax.jit(model.init)(jax.random.key(seed))
     device = jax.devices()[0]
     bandwidth, flop_rate = device_peaks(device)
-    results = [bench_batch(config, params, b, n, gen, repeats, seed) for n in prompt_lens for b in batches]
+    results = [bench_batch(config, params, b, n, gen, repeats, seed, prefill_chunk)
+               for n in prompt_lens for b in batches]
     return {
         "config": config.name,
         "dtype": config.dtype,
@@ -129,6 +130,7 @@ def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: in
         "peak_bandwidth_bytes_s": bandwidth,
         "peak_flop_s": flop_rate,
         "jax_version": jax.__version__,
+        "prefill_chunk": prefill_chunk,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "results": [dataclasses.asdict(r) for r in results],
     }

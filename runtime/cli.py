@@ -79,7 +79,8 @@ def cmd_bench(args) -> int:
     if args.dtype:
         config = config.replace(dtype=args.dtype)
     prompt_lens = args.context or [args.prompt_len]
-    report = bench.run(config, args.batch, prompt_lens, args.gen, repeats=args.repeats, seed=args.seed)
+    report = bench.run(config, args.batch, prompt_lens, args.gen, repeats=args.repeats, seed=args.seed,
+                       prefill_chunk=args.prefill_chunk)
     print(bench.format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -131,6 +132,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--gen", type=positive_int, default=128, help="tokens generated per row (>= 2)")
     bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     bench.add_argument("--repeats", type=positive_int, default=5)
+    bench.add_argument("--prefill-chunk", type=positive_int, default=2048,
+                       help="prompt tokens per prefill call and row (a power of two; bounds prefill memory)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--json", help="also write the report to this JSON file")
     bench.set_defaults(run=cmd_bench)
