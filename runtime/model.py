@@ -40,6 +40,13 @@ class Model:
 
     # --- parameters ---
 
+    def norm_names(self, ffn) -> list[str]:
+        """The norm weights of a layer with this ffn (None: a mixer-only layer)."""
+        names = ["mixer_norm"] + (["mixer_post_norm"] if self.config.post_norms else [])
+        if ffn is not None:
+            names += ["ffn_norm"] + (["ffn_post_norm"] if self.config.post_norms else [])
+        return names
+
     def init(self, key) -> dict:
         """Random parameters in the config's dtype. Tree: embed [V, D], layers[i] =
         {mixer_norm, mixer, mixer_post_norm?, ffn_norm?, ffn?, ffn_post_norm?}, final_norm [D],
@@ -50,13 +57,10 @@ class Model:
         layers = []
         for (mixer, ffn), layer_key in zip(self.blocks, keys[2:]):
             k_mixer, k_ffn = jax.random.split(layer_key)
-            layer = {"mixer_norm": norm_init((cfg.d_model,)), "mixer": mixer.init(k_mixer)}
-            if cfg.post_norms:
-                layer["mixer_post_norm"] = norm_init((cfg.d_model,))
+            layer = {name: norm_init((cfg.d_model,)) for name in self.norm_names(ffn)}
+            layer["mixer"] = mixer.init(k_mixer)
             if ffn is not None:
-                layer |= {"ffn_norm": norm_init((cfg.d_model,)), "ffn": ffn.init(k_ffn)}
-                if cfg.post_norms:
-                    layer["ffn_post_norm"] = norm_init((cfg.d_model,))
+                layer["ffn"] = ffn.init(k_ffn)
             layers.append(layer)
         params = {
             "embed": jax.random.normal(keys[0], (cfg.vocab_size, cfg.d_model)),
@@ -77,7 +81,7 @@ class Model:
         shapes = jax.eval_shape(self.init, jax.random.key(0))
         layers = []
         for (mixer, ffn), layer in zip(self.blocks, shapes["layers"]):
-            axes = {name: ("embed",) for name in layer if name.endswith("norm")}
+            axes = {name: ("embed",) for name in self.norm_names(ffn)}
             axes["mixer"] = block_axes(mixer, layer["mixer"])
             if ffn is not None:
                 axes["ffn"] = block_axes(ffn, layer["ffn"])

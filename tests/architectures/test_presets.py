@@ -40,3 +40,20 @@ def test_ragged_batch_equals_each_row_alone(preset):
     for b, n in enumerate(lengths):
         alone, _ = model.extend(params, model.init_state(1, T), toks[b:b + 1, :n])
         np.testing.assert_allclose(logits[b], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_param_and_state_axes_name_every_dimension(preset):
+    """Sharding reads these: one logical name (or None) per dimension of every leaf."""
+    model, params = preset
+    axes = model.param_axes()
+    is_axes = lambda x: isinstance(x, tuple)  # noqa: E731
+    assert jax.tree.structure(axes, is_leaf=is_axes) == jax.tree.structure(params)
+    for names, leaf in zip(jax.tree.leaves(axes, is_leaf=is_axes), jax.tree.leaves(params)):
+        assert len(names) == leaf.ndim
+    state = model.init_state(2, T)
+    for (mixer, _), layer_state in zip(model.blocks, state.layers):
+        if hasattr(mixer, "state_axes"):
+            state_axes = mixer.state_axes()
+            assert jax.tree.structure(state_axes, is_leaf=is_axes) == jax.tree.structure(layer_state)
+            for names, leaf in zip(jax.tree.leaves(state_axes, is_leaf=is_axes), jax.tree.leaves(layer_state)):
+                assert len(names) == leaf.ndim and names[0] == "batch"
