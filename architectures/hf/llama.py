@@ -84,9 +84,10 @@ def mlp_params(ckpt: Checkpoint, prefix: str, mlp: GatedMLP) -> dict:
     return params
 
 
-def embedding_params(config: ModelConfig, ckpt: Checkpoint) -> dict:
-    """embed, final_norm and (untied) lm_head."""
-    params = {"embed": ckpt.get("model.embed_tokens.weight"), "final_norm": ckpt.get("model.norm.weight")}
+def embedding_params(config: ModelConfig, ckpt: Checkpoint, embed: str = "model.embed_tokens.weight",
+                     final_norm: str = "model.norm.weight") -> dict:
+    """embed, final_norm and (untied) lm_head, from the tensors of those names."""
+    params = {"embed": ckpt.get(embed), "final_norm": ckpt.get(final_norm)}
     if config.tie_embeddings:
         if "lm_head.weight" in ckpt:  # some tied exports store the shared matrix twice
             ckpt.numpy("lm_head.weight")

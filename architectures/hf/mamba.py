@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from chimera.architectures.config import ModelConfig
 from chimera.architectures.hf import Checkpoint, register_converter
+from chimera.architectures.hf.llama import embedding_params
 from chimera.ssm.mamba import Mamba
 
 
@@ -78,13 +79,7 @@ def mamba_params(config: ModelConfig, ckpt: Checkpoint) -> dict:
                        "mixer": mamba_mixer_params(ckpt, p + "mixer.", mixer)})
     # Old exports name the table `embedding` (transformers renames it on load).
     embed = "backbone.embeddings.weight" if "backbone.embeddings.weight" in ckpt else "backbone.embedding.weight"
-    params = {"embed": ckpt.get(embed), "layers": layers, "final_norm": ckpt.get("backbone.norm_f.weight")}
-    if config.tie_embeddings:
-        if "lm_head.weight" in ckpt:  # some tied exports store the shared matrix twice
-            ckpt.numpy("lm_head.weight")
-    else:
-        params["lm_head"] = ckpt.get("lm_head.weight", lambda w: w.T)
-    return params
+    return {"layers": layers, **embedding_params(config, ckpt, embed, "backbone.norm_f.weight")}
 
 
 register_converter("mamba")((mamba_config, mamba_params))

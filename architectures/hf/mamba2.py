@@ -7,6 +7,7 @@ import math
 
 from chimera.architectures.config import ModelConfig
 from chimera.architectures.hf import Checkpoint, register_converter
+from chimera.architectures.hf.llama import embedding_params
 from chimera.ssm.mamba2 import Mamba2
 
 
@@ -74,14 +75,7 @@ def mamba2_params(config: ModelConfig, ckpt: Checkpoint) -> dict:
     layers = [{"mixer_norm": ckpt.get(f"backbone.layers.{i}.norm.weight"),
                "mixer": mixer_params(ckpt, f"backbone.layers.{i}.mixer.", mixer)}
               for i, (mixer, _) in enumerate(config.layer_blocks())]
-    params = {"embed": ckpt.get("backbone.embeddings.weight"), "layers": layers,
-              "final_norm": ckpt.get("backbone.norm_f.weight")}
-    if config.tie_embeddings:
-        if "lm_head.weight" in ckpt:  # some tied exports store the shared matrix twice
-            ckpt.numpy("lm_head.weight")
-    else:
-        params["lm_head"] = ckpt.get("lm_head.weight", lambda w: w.T)
-    return params
+    return {"layers": layers, **embedding_params(config, ckpt, "backbone.embeddings.weight", "backbone.norm_f.weight")}
 
 
 register_converter("mamba2")((mamba2_config, mamba2_params))
