@@ -146,6 +146,13 @@ def run(block, params, full, schedule, *, max_len, width, seed=0):
     return ys, state, held
 
 
+def random_state(block, batch, rng):
+    """A random float32 state of the block's init_state shapes (a recurrent block's incoming
+    state): one rng.normal draw per leaf, in key order."""
+    shapes = jax.eval_shape(lambda: block.init_state(batch, 1, jnp.float32))
+    return {name: jnp.asarray(rng.normal(size=shapes[name].shape), jnp.float32) for name in sorted(shapes)}
+
+
 # --- the DESIGN.md invariants through a model ---
 
 def tiny_config(name, kind, **fields):
@@ -190,42 +197,44 @@ def padded(tokens, lengths, vocab, seed):
     return np.where(np.arange(tokens.shape[1])[None, :] < lengths[:, None], tokens, garbage).astype(np.int32)
 
 
-def check_prompt_then_decode(model, params, tokens, want, prompt, max_len):
-    """A prompt of `prompt` tokens, then one token at a time, give forward's logits `want`.
-    Returns the final state."""
+def check_prompt_then_decode(model, params, tokens, want, prompt, max_len, assert_logits=assert_close):
+    """A prompt of `prompt` tokens, then one token at a time, give forward's logits `want`
+    (compared by assert_logits). Returns the final state."""
     logits, state = model.extend(params, model.init_state(len(tokens), max_len), tokens[:, :prompt], all_logits=True)
-    assert_close(logits, want[:, :prompt])
+    assert_logits(logits, want[:, :prompt])
     for t in range(prompt, tokens.shape[1]):
         logits, state = model.extend(params, state, tokens[:, t:t + 1])
-        assert_close(logits, want[:, t])
+        assert_logits(logits, want[:, t])
     return state
 
 
-def check_chunked_extend(model, params, tokens, want, sizes, max_len):
-    """Chunks of these sizes, one after another, give forward's logits `want`."""
+def check_chunked_extend(model, params, tokens, want, sizes, max_len, assert_logits=assert_close):
+    """Chunks of these sizes, one after another, give forward's logits `want` (compared by
+    assert_logits)."""
     state, start = model.init_state(len(tokens), max_len), 0
     for size in sizes:
         logits, state = model.extend(params, state, tokens[:, start:start + size], all_logits=True)
-        assert_close(logits, want[:, start:start + size])
+        assert_logits(logits, want[:, start:start + size])
         start += size
 
 
-def check_ragged_batch_matches_alone(model, params, tokens, want, lengths, max_len):
+def check_ragged_batch_matches_alone(model, params, tokens, want, lengths, max_len, assert_logits=assert_close):
     """A ragged prompt batch (padding of garbage) gives each row its own logits and state;
-    decoding on together (rows at different positions) still matches each row alone."""
+    decoding on together (rows at different positions) still matches each row alone. Logits
+    are compared by assert_logits, states by assert_close."""
     batch, vocab = len(tokens), model.config.vocab_size
     logits, state = model.extend(params, model.init_state(batch, max_len), padded(tokens, lengths, vocab, seed=1),
                                  lengths, all_logits=True)
     nxt = np.random.default_rng(9).integers(0, vocab, (batch, 1)).astype(np.int32)
     together, _ = model.extend(params, state, nxt)
     for b, n in enumerate(lengths):
-        assert_close(logits[b, :n], want[b, :n])
+        assert_logits(logits[b, :n], want[b, :n])
         _, alone = model.extend(params, model.init_state(1, max_len), padded(tokens, lengths, vocab, seed=4)[b:b + 1],
                                 lengths[b:b + 1])
         for ours, theirs in zip(jax.tree.leaves(state.layers), jax.tree.leaves(alone.layers), strict=True):
             assert_close(ours[b], theirs[0])
         alone_logits, _ = model.extend(params, alone, nxt[b:b + 1])
-        assert_close(together[b], alone_logits[0])
+        assert_logits(together[b], alone_logits[0])
 
 
 def check_padding_is_inert(model, params, tokens, lengths, max_len):
@@ -252,12 +261,12 @@ def check_engine_greedy(model, params, greedy_reference, new_tokens, max_len):
     return outs
 
 
-def check_bounded_state(model, allocated_bytes, bound):
-    """The model's state is the same at max_len 1024 and 65536 and takes allocated_bytes, all
-    of which costs.state_bytes counts from a context of `bound` tokens on."""
-    short, long = (jax.eval_shape(lambda n=n: model.init_state(1, n)) for n in (1024, 65536))
+def check_bounded_state(model, allocated_bytes, bound, max_lens=(1024, 65536)):
+    """The model's state is the same at both max_lens (short, long) and takes allocated_bytes,
+    all of which costs.state_bytes counts from a context of `bound` tokens on."""
+    short, long = (jax.eval_shape(lambda n=n: model.init_state(1, n)) for n in max_lens)
     assert jax.tree.map(lambda x: (x.shape, x.dtype), short.layers) == jax.tree.map(lambda x: (x.shape, x.dtype),
                                                                                       long.layers)
     allocated = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(long.layers))
     assert allocated == allocated_bytes
-    assert costs.state_bytes(model, 65536) == costs.state_bytes(model, bound) == allocated
+    assert costs.state_bytes(model, max_lens[1]) == costs.state_bytes(model, bound) == allocated

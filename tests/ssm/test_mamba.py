@@ -3,7 +3,6 @@ the math, chunked prefill against the token-by-token recurrence, exact padding, 
 state and costs, config errors, and the DESIGN.md invariants through a model."""
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +13,9 @@ import chimera
 import chimera.ssm.mamba  # noqa: F401  (registers the `mamba` kind)
 from chimera.runtime import costs
 from chimera.ssm.mamba import Mamba
+from mixer_harness import (assert_close, check_bounded_state, check_chunked_extend, check_engine_greedy,
+                           check_padding_is_inert, check_prompt_then_decode, check_ragged_batch_matches_alone,
+                           context, random_state, run, step)
 
 D_MODEL, MAX_LEN = 16, 32
 
@@ -92,45 +94,7 @@ def reference(block, params, x):
     return y, padded[len(x):], h
 
 
-def assert_close(actual, expected, tol=1e-5):
-    # float32 against float64 (or another float32 order): a few roundings through the projections.
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=tol, atol=tol)
-
-
-def context(starts, lengths, width):
-    """Rows start at absolute position starts[b] and append lengths[b] of `width` tokens."""
-    steps = np.arange(width)
-    return chimera.Context(positions=jnp.asarray(np.asarray(starts)[:, None] + steps, jnp.int32),
-                           valid=jnp.asarray(steps[None, :] < np.asarray(lengths)[:, None]))
-
-
-@functools.cache
-def step(block):
-    return jax.jit(block.__call__)
-
-
 WIDE = 11  # every multi-token call is padded to this width
-
-
-def run(block, params, full, schedule, seed=0):
-    """Feed row b of `full` [B, N, D] in calls of schedule[i][b] tokens from an empty state,
-    with random garbage as padding. Returns (y [B, N, D] at fed positions, NaN elsewhere;
-    final state; tokens held [B])."""
-    batch = full.shape[0]
-    rng = np.random.default_rng(seed)
-    state = block.init_state(batch, MAX_LEN, jnp.float32)
-    held = np.zeros(batch, int)
-    ys = np.full(full.shape, np.nan)
-    for lengths in map(np.asarray, schedule):
-        width = 1 if lengths.max() <= 1 else WIDE  # width 1 takes the recurrent step
-        chunk = rng.normal(size=(batch, width, D_MODEL)).astype(np.float32)
-        for b, n in enumerate(lengths):
-            chunk[b, :n] = full[b, held[b]:held[b] + n]
-        y, state = step(block)(params, jnp.asarray(chunk), state, context(held, lengths, width))
-        for b, n in enumerate(lengths):
-            ys[b, held[b]:held[b] + n] = y[b, :n]
-        held += lengths
-    return ys, state, held
 
 
 SCHEDULES = {  # calls of (tokens appended per row)
@@ -149,7 +113,7 @@ def test_matches_reference(setup, schedule, scan_chunk):
     block, params = setup
     block = dataclasses.replace(block, scan_chunk=scan_chunk)
     full = np.random.default_rng(2).normal(size=(3, 20, D_MODEL)).astype(np.float32)
-    ys, state, held = run(block, params, full, schedule)
+    ys, state, held = run(block, params, full, schedule, max_len=MAX_LEN, width=WIDE)
     assert state["conv"].dtype == state["ssm"].dtype == jnp.float32
     for b, n in enumerate(held):
         y_ref, tail_ref, h_ref = reference(block, params, full[b, :n])
@@ -169,8 +133,7 @@ def test_prefill_matches_recurrence(setup, length, scan_chunk):
     tokens one recurrent step at a time."""
     block, params = setup
     rng = np.random.default_rng(length)
-    state = {"conv": jnp.asarray(rng.normal(size=(2, block.d_conv - 1, block.d_inner)), jnp.float32),
-             "ssm": jnp.asarray(rng.normal(size=(2, block.d_inner, block.d_state)), jnp.float32)}
+    state = random_state(block, 2, rng)
     x = jnp.asarray(rng.normal(size=(2, length, D_MODEL)), jnp.float32)
     chunked = dataclasses.replace(block, scan_chunk=scan_chunk)
     y, prefilled = step(chunked)(params, x, state, context([7, 3], [length] * 2, length))
@@ -189,8 +152,7 @@ def test_padding_leaves_state_bit_identical(setup, width):
     block, params = setup
     block = dataclasses.replace(block, scan_chunk=4)
     rng = np.random.default_rng(3)
-    state = {"conv": jnp.asarray(rng.normal(size=(3, block.d_conv - 1, block.d_inner)), jnp.float32),
-             "ssm": jnp.asarray(rng.normal(size=(3, block.d_inner, block.d_state)), jnp.float32)}
+    state = random_state(block, 3, rng)
     lengths = [0, min(width, 6), 0]
     tokens = rng.normal(size=(lengths[1], D_MODEL))  # row 1's valid inputs, the same in both calls
     outs = []
@@ -317,76 +279,37 @@ def test_preset():
 
 @pytest.mark.parametrize("prompt", [13, 3])
 def test_prompt_then_token_by_token_matches_forward(model_setup, prompt):
-    model, params, tokens, reference = model_setup
-    state = model.init_state(B, 64)
-    logits, state = model.extend(params, state, tokens[:, :prompt], all_logits=True)
-    assert_close(logits, reference[:, :prompt])
-    for t in range(prompt, T):
-        logits, state = model.extend(params, state, tokens[:, t:t + 1])
-        assert_close(logits, reference[:, t])
+    check_prompt_then_decode(*model_setup, prompt, max_len=64)
 
 
 def test_chunked_extend_matches_forward(model_setup):
-    model, params, tokens, reference = model_setup
-    state, start = model.init_state(B, 64), 0
-    for size in (3, 13, 4):  # 13 > scan_chunk, after a prefix
-        logits, state = model.extend(params, state, tokens[:, start:start + size], all_logits=True)
-        assert_close(logits, reference[:, start:start + size])
-        start += size
+    check_chunked_extend(*model_setup, sizes=(3, 13, 4), max_len=64)  # 13 > scan_chunk, after a prefix
 
 
 LENGTHS = np.array([T, 5, 13])
 
 
-def padded(tokens, seed):
-    garbage = np.random.default_rng(seed).integers(0, 256, tokens.shape)
-    return np.where(np.arange(T)[None, :] < LENGTHS[:, None], tokens, garbage).astype(np.int32)
-
-
 def test_ragged_batch_matches_alone(model_setup):
     """A ragged prompt batch gives each row its own logits and state; decoding on together
     (rows at different positions) still matches each row alone."""
-    model, params, tokens, reference = model_setup
-    logits, state = model.extend(params, model.init_state(B, 64), padded(tokens, 1), LENGTHS, all_logits=True)
-    nxt = np.random.default_rng(9).integers(0, 256, (B, 1)).astype(np.int32)
-    together, _ = model.extend(params, state, nxt)
-    for b, n in enumerate(LENGTHS):
-        assert_close(logits[b, :n], reference[b, :n])
-        _, alone = model.extend(params, model.init_state(1, 64), padded(tokens, 4)[b:b + 1], LENGTHS[b:b + 1])
-        for ours, theirs in zip(jax.tree.leaves(state.layers), jax.tree.leaves(alone.layers), strict=True):
-            assert_close(ours[b], np.asarray(theirs[0], np.float64))
-        alone_logits, _ = model.extend(params, alone, nxt[b:b + 1])
-        assert_close(together[b], np.asarray(alone_logits[0], np.float64))
+    check_ragged_batch_matches_alone(*model_setup, LENGTHS, max_len=64)
 
 
 def test_padding_is_inert(model_setup):
     """Two different garbage paddings give bit-identical logits (at valid positions) and states."""
     model, params, tokens, _ = model_setup
-    (logits_a, state_a), (logits_b, state_b) = (
-        model.extend(params, model.init_state(B, 64), padded(tokens, seed), LENGTHS, all_logits=True)
-        for seed in (2, 3))
-    valid = np.arange(T)[None, :] < LENGTHS[:, None]
-    np.testing.assert_array_equal(np.asarray(logits_a)[valid], np.asarray(logits_b)[valid])
-    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
-        np.testing.assert_array_equal(a, b)
+    check_padding_is_inert(model, params, tokens, LENGTHS, max_len=64)
 
 
 def test_engine_generate_matches_greedy_reference(model_setup, greedy_reference):
     model, params, _, _ = model_setup
-    prompts = [list(map(int, np.random.default_rng(i).integers(0, 256, n))) for i, n in enumerate([3, 12, 17])]
-    outs = chimera.Engine(model, params, max_batch=4, max_len=64).generate(
-        prompts, max_new_tokens=10, sampling=chimera.Sampling(temperature=0.0))
-    assert [o.tokens for o in outs] == greedy_reference(model, params, prompts, 10)
+    outs = check_engine_greedy(model, params, greedy_reference, new_tokens=10, max_len=64)
     assert [o.finish_reason for o in outs] == ["length"] * 3
 
 
 def test_model_state_size_does_not_depend_on_max_len(model_setup):
     model, _, _, _ = model_setup
-    short, long = (jax.eval_shape(lambda n=n: model.init_state(1, n)) for n in (16, 1 << 20))
-    assert jax.tree.map(lambda x: (x.shape, x.dtype), short.layers) == jax.tree.map(lambda x: (x.shape, x.dtype),
-                                                                                      long.layers)
-    allocated = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(long.layers))
-    assert allocated == 2 * 128 * (3 + 16) * 4  # layers x E x (conv tail + d_state) x float32
-    assert costs.state_bytes(model, 1 << 20) == costs.state_bytes(model, 1) == allocated
+    allocated = 2 * 128 * (3 + 16) * 4  # layers x E x (conv tail + d_state) x float32
+    check_bounded_state(model, allocated, bound=1, max_lens=(16, 1 << 20))
     weights = costs.param_bytes(model)
     assert costs.decode_bytes_per_step(model, 2, 1000) == weights + 2 * 2 * allocated

@@ -4,8 +4,6 @@ y = C h + D x, group-wise gated RMSNorm), chunked prefill against its own token-
 step, padding that leaves the state bit-identical, its float32 state and costs, configs,
 and the DESIGN.md invariants through a model built with `ModelConfig.from_dict`."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +13,9 @@ import chimera
 import chimera.ssm.mamba2  # noqa: F401  (registers the `mamba2` kind)
 from chimera.runtime import costs
 from chimera.ssm.mamba2 import Mamba2
+from mixer_harness import (assert_close, check_bounded_state, check_chunked_extend, check_engine_greedy,
+                           check_padding_is_inert, check_prompt_then_decode, check_ragged_batch_matches_alone,
+                           context, forward_setup, random_state, run, step)
 
 D_MODEL, MAX_LEN = 32, 64
 
@@ -102,46 +103,7 @@ def reference(block, params, x, tail=None, h=None):
     return out, window[len(window) - (K - 1):], h
 
 
-def assert_close(actual, expected, tol=1e-5):
-    # float32 against float64 (or another float32 order of operations): a few float32 roundings
-    # through the projections and a recurrence of <= 20 contracting steps.
-    np.testing.assert_allclose(np.asarray(actual, np.float64), np.asarray(expected, np.float64), rtol=tol, atol=tol)
-
-
-def context(starts, lengths, width):
-    """Rows start at absolute position starts[b] and append lengths[b] of `width` tokens."""
-    steps = np.arange(width)
-    return chimera.Context(positions=jnp.asarray(np.asarray(starts)[:, None] + steps, jnp.int32),
-                           valid=jnp.asarray(steps[None, :] < np.asarray(lengths)[:, None]))
-
-
-@functools.cache
-def step(block):
-    return jax.jit(block.__call__)
-
-
 WIDE = 11  # every multi-token call is padded to this width: one compile per block
-
-
-def run(block, params, full, schedule, seed=0):
-    """Feed row b of `full` [B, N, D] to the block in calls of schedule[i][b] tokens, from an
-    empty state; each call's padding is random garbage. Returns (y [B, N, D] at the fed
-    positions, NaN elsewhere; final state; tokens held [B])."""
-    batch = full.shape[0]
-    rng = np.random.default_rng(seed)
-    state = block.init_state(batch, MAX_LEN, jnp.float32)
-    held = np.zeros(batch, int)
-    ys = np.full(full.shape, np.nan)
-    for lengths in map(np.asarray, schedule):
-        width = 1 if lengths.max() <= 1 else WIDE  # width 1 takes the recurrent step
-        chunk = rng.normal(size=(batch, width, D_MODEL)).astype(np.float32)
-        for b, n in enumerate(lengths):
-            chunk[b, :n] = full[b, held[b]:held[b] + n]
-        y, state = step(block)(params, jnp.asarray(chunk), state, context(held, lengths, width))
-        for b, n in enumerate(lengths):
-            ys[b, held[b]:held[b] + n] = y[b, :n]
-        held += lengths
-    return ys, state, held
 
 
 SCHEDULES = {  # calls of (tokens appended per row)
@@ -160,7 +122,7 @@ def test_matches_reference(name, chunk_size, schedule):
     block = make_block(name, chunk_size)
     params = random_params(block)
     full = np.random.default_rng(2).normal(size=(3, 20, D_MODEL)).astype(np.float32)
-    ys, state, held = run(block, params, full, schedule)
+    ys, state, held = run(block, params, full, schedule, max_len=MAX_LEN, width=WIDE)
     assert state["conv"].shape == (3, block.d_conv - 1, block.conv_dim)
     assert state["ssm"].shape == (3, block.n_heads, block.head_dim, block.d_state)
     for b, n in enumerate(held):
@@ -179,8 +141,7 @@ def test_chunked_prefill_equals_recurrence(chunk_size):
     params = random_params(block)
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.normal(size=(3, 20, D_MODEL)), jnp.float32)
-    state = {"conv": jnp.asarray(rng.normal(size=(3, 3, block.conv_dim)), jnp.float32),
-             "ssm": jnp.asarray(rng.normal(size=(3, 4, 16, 8)), jnp.float32)}
+    state = random_state(block, 3, rng)
     lengths, starts = np.array([20, 13, 0]), np.array([4, 9, 2])
     y, prefilled = step(block)(params, x, state, context(starts, lengths, 20))
     recurrent = make_block("groups", 4)  # the step does not depend on the chunk: one compile
@@ -204,8 +165,7 @@ def test_padding_leaves_state_bit_identical(width):
     block = make_block("groups", 4)
     params = random_params(block)
     rng = np.random.default_rng(3)
-    state = {"conv": jnp.asarray(rng.normal(size=(3, 3, block.conv_dim)), jnp.float32),
-             "ssm": jnp.asarray(rng.normal(size=(3, 4, 16, 8)), jnp.float32)}
+    state = random_state(block, 3, rng)
     x = jnp.asarray(rng.normal(size=(3, width, D_MODEL)) * 100, jnp.float32)  # large garbage
     lengths = np.array([min(2, width), 0, width])
     _, new = step(block)(params, x, state, context([2, 7, 0], lengths, width))
@@ -230,8 +190,7 @@ def test_right_padded_rows_equal_each_row_alone():
     rng = np.random.default_rng(6)
     lengths = np.array([18, 7, 1])
     x = jnp.asarray(rng.normal(size=(3, 18, D_MODEL)), jnp.float32)
-    state = {"conv": jnp.asarray(rng.normal(size=(3, 3, block.conv_dim)), jnp.float32),
-             "ssm": jnp.asarray(rng.normal(size=(3, 4, 16, 8)), jnp.float32)}
+    state = random_state(block, 3, rng)
     y, new = step(block)(params, x, state, context([0, 5, 9], lengths, 18))
     for b, n in enumerate(lengths):
         alone = jax.tree.map(lambda s: s[b:b + 1], state)
@@ -357,10 +316,7 @@ B, T = 3, 20  # sequences of 20 tokens through chunks of 8
 
 @pytest.fixture(scope="module")
 def model_setup():
-    model = chimera.build(chimera.ModelConfig.from_dict(CONFIG))
-    params = model.init(jax.random.key(1))
-    tokens = np.random.default_rng(0).integers(0, 256, (B, T)).astype(np.int32)
-    return model, params, tokens, np.asarray(model.forward(params, tokens))
+    return forward_setup(chimera.ModelConfig.from_dict(CONFIG), B, T)
 
 
 def assert_logits_close(actual, expected):
@@ -381,75 +337,36 @@ def test_forward_is_not_degenerate(model_setup):
 
 @pytest.mark.parametrize("prompt", [13, 3])  # across a chunk boundary, and within one chunk
 def test_prompt_then_token_by_token_matches_forward(model_setup, prompt):
-    model, params, tokens, reference = model_setup
-    state = model.init_state(B, 64)
-    logits, state = model.extend(params, state, tokens[:, :prompt], all_logits=True)
-    assert_logits_close(logits, reference[:, :prompt])
-    for t in range(prompt, T):
-        logits, state = model.extend(params, state, tokens[:, t:t + 1])
-        assert_logits_close(logits, reference[:, t])
+    check_prompt_then_decode(*model_setup, prompt, max_len=64, assert_logits=assert_logits_close)
 
 
 def test_chunked_extend_matches_forward(model_setup):
-    model, params, tokens, reference = model_setup
-    state, start = model.init_state(B, 64), 0
-    for size in (3, 13, 4):  # 13 is not a multiple of the chunk of 8, and starts mid-sequence
-        logits, state = model.extend(params, state, tokens[:, start:start + size], all_logits=True)
-        assert_logits_close(logits, reference[:, start:start + size])
-        start += size
+    # 13 is not a multiple of the chunk of 8, and starts mid-sequence
+    check_chunked_extend(*model_setup, sizes=(3, 13, 4), max_len=64, assert_logits=assert_logits_close)
 
 
 LENGTHS = np.array([T, 5, 13])
 
 
-def padded(tokens, seed):
-    garbage = np.random.default_rng(seed).integers(0, 256, tokens.shape)
-    return np.where(np.arange(T)[None, :] < LENGTHS[:, None], tokens, garbage).astype(np.int32)
-
-
 def test_ragged_batch_matches_alone(model_setup):
     """A ragged prompt batch gives each row its own logits and state; decoding on together
     (rows at different positions) still matches each row alone."""
-    model, params, tokens, reference = model_setup
-    logits, state = model.extend(params, model.init_state(B, 64), padded(tokens, 1), LENGTHS, all_logits=True)
-    nxt = np.random.default_rng(9).integers(0, 256, (B, 1)).astype(np.int32)
-    together, _ = model.extend(params, state, nxt)
-    for b, n in enumerate(LENGTHS):
-        assert_logits_close(logits[b, :n], reference[b, :n])
-        _, alone = model.extend(params, model.init_state(1, 64), padded(tokens, 4)[b:b + 1], LENGTHS[b:b + 1])
-        for ours, theirs in zip(jax.tree.leaves(state.layers), jax.tree.leaves(alone.layers), strict=True):
-            assert_close(ours[b], theirs[0])
-        alone_logits, _ = model.extend(params, alone, nxt[b:b + 1])
-        assert_logits_close(together[b], alone_logits[0])
+    check_ragged_batch_matches_alone(*model_setup, LENGTHS, max_len=64, assert_logits=assert_logits_close)
 
 
 def test_padding_is_inert(model_setup):
     """Two different garbage paddings give bit-identical logits (at valid positions) and states."""
     model, params, tokens, _ = model_setup
-    (logits_a, state_a), (logits_b, state_b) = (
-        model.extend(params, model.init_state(B, 64), padded(tokens, seed), LENGTHS, all_logits=True)
-        for seed in (2, 3))
-    valid = np.arange(T)[None, :] < LENGTHS[:, None]
-    np.testing.assert_array_equal(np.asarray(logits_a)[valid], np.asarray(logits_b)[valid])
-    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
-        np.testing.assert_array_equal(a, b)
+    check_padding_is_inert(model, params, tokens, LENGTHS, max_len=64)
 
 
 def test_engine_generate_matches_greedy_reference(model_setup, greedy_reference):
     model, params, _, _ = model_setup
-    prompts = [list(map(int, np.random.default_rng(i).integers(0, 256, n))) for i, n in enumerate([3, 12, 17])]
-    outs = chimera.Engine(model, params, max_batch=4, max_len=64).generate(
-        prompts, max_new_tokens=12, sampling=chimera.Sampling(temperature=0.0))
-    assert [o.tokens for o in outs] == greedy_reference(model, params, prompts, 12)
+    outs = check_engine_greedy(model, params, greedy_reference, new_tokens=12, max_len=64)
     assert [o.finish_reason for o in outs] == ["length"] * 3
 
 
 def test_model_state_does_not_depend_on_max_len(model_setup):
-    model, _, _, _ = model_setup
-    short, long = (jax.eval_shape(lambda n=n: model.init_state(1, n)) for n in (16, 65536))
-    assert jax.tree.map(lambda x: (x.shape, x.dtype), short.layers) == jax.tree.map(lambda x: (x.shape, x.dtype),
-                                                                                      long.layers)
-    allocated = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(long.layers))
     conv_dim = 128 + 2 * 2 * 16
-    assert allocated == 2 * (3 * conv_dim + 8 * 16 * 16) * 4  # layers x (conv tail + SSM state) x float32
-    assert costs.state_bytes(model, 65536) == costs.state_bytes(model, 1) == allocated
+    allocated = 2 * (3 * conv_dim + 8 * 16 * 16) * 4  # layers x (conv tail + SSM state) x float32
+    check_bounded_state(model_setup[0], allocated, bound=1, max_lens=(16, 65536))
