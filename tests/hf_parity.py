@@ -5,6 +5,8 @@ A case builds a tiny random transformers model, saves it as safetensors and impo
 extend) and greedy generations with what transformers computes from the very same folder.
 """
 
+import json
+
 import numpy as np
 import torch
 
@@ -80,3 +82,27 @@ def check_greedy(hf, model, params, prompts, new_tokens):
         assert len(ref) == new_tokens
         assert out.tokens == ref
         assert out.finish_reason == "length"
+
+
+def build_hf(model_class, config, seed=0):
+    """A tiny float32 transformers model of `model_class` with non-trivial weights everywhere."""
+    torch.manual_seed(seed)
+    return randomise_(model_class._from_config(config, attn_implementation="eager", dtype=torch.float32).eval())
+
+
+def save_and_import(hf, folder):
+    """Save `hf` as safetensors into `folder` and import it: (chimera model, params)."""
+    hf.save_pretrained(folder)
+    return chimera.from_hf(folder)
+
+
+def edit_config(folder, **changes):
+    """Rewrite config.json: a key set to None is removed."""
+    path = folder / "config.json"
+    hf = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            hf.pop(key, None)
+        else:
+            hf[key] = value
+    path.write_text(json.dumps(hf))

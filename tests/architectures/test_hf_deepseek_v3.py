@@ -7,7 +7,6 @@ safetensors, imports it with chimera and compares float32 logits (full forward, 
 incremental extend) and greedy generations with what transformers computes.
 """
 
-import json
 import shutil
 
 import numpy as np
@@ -20,7 +19,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 import chimera  # noqa: E402
 import chimera.architectures.hf.deepseek_v3  # noqa: E402,F401  (registers the converter)
 import hf_parity  # noqa: E402
-from hf_parity import TOL, check_forward, check_greedy, check_incremental, hf_logits, randomise_, rel_err  # noqa: E402
+from hf_parity import TOL, check_forward, check_greedy, check_incremental, hf_logits, rel_err, edit_config  # noqa: E402
 
 VOCAB, T = 128, 24
 
@@ -47,26 +46,12 @@ CASES = {
 
 def build_hf(seed=0, **overrides):
     """A tiny float32 DeepseekV3ForCausalLM with non-trivial weights everywhere."""
-    torch.manual_seed(seed)
     config = transformers.DeepseekV3Config(**(BASE | overrides))
-    return randomise_(transformers.DeepseekV3ForCausalLM._from_config(config, attn_implementation="eager",
-                                                                      dtype=torch.float32).eval())
+    return hf_parity.build_hf(transformers.DeepseekV3ForCausalLM, config, seed)
 
 
 def random_tokens(shape, seed=0):
     return hf_parity.random_tokens(shape, VOCAB, seed)
-
-
-def edit_config(folder, **changes):
-    """Rewrite config.json: a key set to None is removed."""
-    path = folder / "config.json"
-    hf = json.loads(path.read_text())
-    for key, value in changes.items():
-        if value is None:
-            hf.pop(key, None)
-        else:
-            hf[key] = value
-    path.write_text(json.dumps(hf))
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -74,8 +59,7 @@ def case(request, tmp_path_factory):
     """(name, hf model, folder, chimera model, chimera params) for one variant."""
     hf = build_hf(**CASES[request.param])
     folder = tmp_path_factory.mktemp(request.param)
-    hf.save_pretrained(folder)
-    model, params = chimera.from_hf(folder)
+    model, params = hf_parity.save_and_import(hf, folder)
     return request.param, hf, folder, model, params
 
 

@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 
 import chimera  # noqa: E402
 import hf_parity  # noqa: E402
-from hf_parity import TOL, check_greedy, check_incremental, hf_logits, randomise_, rel_err  # noqa: E402
+from hf_parity import TOL, check_greedy, check_incremental, hf_logits, rel_err, edit_config  # noqa: E402
 VOCAB, T = 128, 40
 
 BASE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -46,26 +46,11 @@ CASES = {
 
 def build_hf(seed=0, **overrides):
     """A tiny float32 LlamaForCausalLM with non-trivial weights everywhere."""
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(**(BASE | overrides))
-    return randomise_(transformers.LlamaForCausalLM._from_config(config, attn_implementation="eager",
-                                                                 dtype=torch.float32).eval())
+    return hf_parity.build_hf(transformers.LlamaForCausalLM, transformers.LlamaConfig(**(BASE | overrides)), seed)
 
 
 def random_tokens(shape, seed=0):
     return hf_parity.random_tokens(shape, VOCAB, seed)
-
-
-def edit_config(folder, **changes):
-    """Rewrite config.json: a key set to None is removed."""
-    path = folder / "config.json"
-    hf = json.loads(path.read_text())
-    for key, value in changes.items():
-        if value is None:
-            hf.pop(key, None)
-        else:
-            hf[key] = value
-    path.write_text(json.dumps(hf))
 
 
 # --- fixtures: each HF model is built, saved and imported once ---
@@ -75,8 +60,7 @@ def case(request, tmp_path_factory):
     """(name, hf model, folder, chimera model, chimera params) for one Llama variant."""
     hf = build_hf(**CASES[request.param])
     folder = tmp_path_factory.mktemp(request.param)
-    hf.save_pretrained(folder)
-    model, params = chimera.from_hf(folder)
+    model, params = hf_parity.save_and_import(hf, folder)
     return request.param, hf, folder, model, params
 
 
