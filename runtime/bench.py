@@ -17,7 +17,7 @@ import numpy as np
 
 from chimera.architectures.config import ModelConfig
 from chimera.runtime import costs
-from chimera.runtime.engine import Engine, bucket
+from chimera.runtime.engine import STOP_SLOTS, Engine, bucket
 from chimera.runtime.model import build
 from chimera.runtime.sampling import Sampling
 
@@ -65,8 +65,8 @@ def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: i
     lengths = np.full((batch,), prompt_len, np.int32)
     active = np.ones((batch,), bool)
     row_ids = np.arange(batch, dtype=np.int32)
-    no_stop = np.full((8,), -1, np.int32)
-    cache_len = bucket(prompt_len + gen, 64, prompt_len + gen)
+    no_stop = np.full((STOP_SLOTS,), -1, np.int32)
+    cache_len = engine.cache_len(prompt_len + gen)
     greedy = Sampling()
 
     def prefill():

@@ -33,16 +33,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def config_from(args):
+    """The --config preset or YAML, with --dtype applied when given."""
+    config = load_config(args.config)
+    return config.replace(dtype=args.dtype) if args.dtype else config
+
+
 def load_model(args):
     """(model, params) from --config (random weights) or --hf (a checkpoint)."""
     from chimera.architectures.hf import from_hf
     from chimera.runtime.model import build
     if args.hf:
         return from_hf(args.hf, dtype=args.dtype or "float32")
-    config = load_config(args.config)
-    if args.dtype:
-        config = config.replace(dtype=args.dtype)
-    model = build(config)
+    model = build(config_from(args))
     return model, jax.jit(model.init)(jax.random.key(args.seed))
 
 
@@ -75,9 +78,7 @@ def cmd_generate(args) -> int:
 
 def cmd_bench(args) -> int:
     from chimera.runtime import bench
-    config = load_config(args.config)
-    if args.dtype:
-        config = config.replace(dtype=args.dtype)
+    config = config_from(args)
     prompt_lens = args.context or [args.prompt_len]
     report = bench.run(config, args.batch, prompt_lens, args.gen, repeats=args.repeats, seed=args.seed,
                        prefill_chunk=args.prefill_chunk)

@@ -62,35 +62,41 @@ def decode_bytes_per_step(model: Model, batch: int, context: int) -> int:
     return weights + batch * per_sequence
 
 
-def flops_per_token(model: Model, context: float, with_head: bool = True) -> float:
+def mixer_flops(mixer, mixer_params, context: int) -> float:
+    """Forward FLOPs of one token through a mixer, attending over `context` tokens."""
+    if hasattr(mixer, "flops_per_token"):
+        return mixer.flops_per_token(context)
+    return 2 * tree_size(mixer_params)
+
+
+def ffn_flops(ffn, ffn_params) -> float:
+    """Forward FLOPs of one token through a feed-forward (0 for a mixer-only layer)."""
+    if ffn is None:
+        return 0
+    return ffn.flops_per_token() if hasattr(ffn, "flops_per_token") else 2 * tree_size(ffn_params)
+
+
+def head_flops(model: Model) -> float:
+    return 2 * model.config.d_model * model.config.vocab_size
+
+
+def flops_per_token(model: Model, context: int, with_head: bool = True) -> float:
     """Forward FLOPs for one token that attends over `context` tokens."""
     params = param_shapes(model)
-    total = 0.0
-    for (mixer, ffn), layer in zip(model.blocks, params["layers"]):
-        total += (mixer.flops_per_token(context) if hasattr(mixer, "flops_per_token")
-                  else 2 * tree_size(layer["mixer"]))
-        if ffn is not None:
-            total += ffn.flops_per_token() if hasattr(ffn, "flops_per_token") else 2 * tree_size(layer["ffn"])
-    if with_head:
-        total += 2 * model.config.d_model * model.config.vocab_size
-    return total
+    total = sum(mixer_flops(mixer, layer["mixer"], context) + ffn_flops(ffn, layer.get("ffn"))
+                for (mixer, ffn), layer in zip(model.blocks, params["layers"]))
+    return total + (head_flops(model) if with_head else 0)
 
 
 def prefill_flops(model: Model, batch: int, prompt_len: int) -> float:
     """FLOPs of a causal prefill that returns only the last token's logits: token t attends
     over t + 1 tokens (summed exactly: a window's cost is not linear in context)."""
     params = param_shapes(model)
-    per_block: dict[int, float] = {}  # layers share block objects: cost each distinct one once
+    per_mixer: dict[int, float] = {}  # layers share block objects: cost each distinct one once
     body = 0.0
     for (mixer, ffn), layer in zip(model.blocks, params["layers"]):
-        if id(mixer) not in per_block:
-            if hasattr(mixer, "flops_per_token"):
-                per_block[id(mixer)] = float(sum(mixer.flops_per_token(t) for t in range(1, prompt_len + 1)))
-            else:
-                per_block[id(mixer)] = 2.0 * tree_size(layer["mixer"]) * prompt_len
-        body += per_block[id(mixer)]
-        if ffn is not None:
-            body += prompt_len * (ffn.flops_per_token() if hasattr(ffn, "flops_per_token")
-                                  else 2 * tree_size(layer["ffn"]))
-    head = 2 * model.config.d_model * model.config.vocab_size
-    return batch * (body + head)
+        if id(mixer) not in per_mixer:
+            per_mixer[id(mixer)] = float(sum(mixer_flops(mixer, layer["mixer"], t)
+                                             for t in range(1, prompt_len + 1)))
+        body += per_mixer[id(mixer)] + prompt_len * ffn_flops(ffn, layer.get("ffn"))
+    return batch * (body + head_flops(model))

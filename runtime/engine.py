@@ -90,6 +90,11 @@ class Engine:
                                         row_ids, seed, sampling=sampling)
         return state, first
 
+    def cache_len(self, needed: int) -> int:
+        """Cache slots for a request whose longest sequence reaches `needed` tokens: a power
+        of two (so few shapes compile), at most `max_len`."""
+        return bucket(needed, 64, self.max_len)
+
     def pad_width(self, longest: int) -> int:
         """Prompt buffer width: a power of two up to `prefill_chunk`, then whole chunks."""
         if longest <= self.prefill_chunk:
@@ -144,8 +149,7 @@ class Engine:
         for i, prompt in enumerate(prompts):
             tokens[i, :len(prompt)] = prompt
             lengths[i] = len(prompt)
-        needed = max(len(p) for p in prompts) + max_new_tokens
-        cache_len = bucket(needed, 64, self.max_len)
+        cache_len = self.cache_len(longest + max_new_tokens)
         stop = np.full((bucket(len(stop_tokens), STOP_SLOTS),), -1, np.int32)
         stop[:len(stop_tokens)] = list(stop_tokens)
         static = dataclasses.replace(sampling, seed=0)  # the seed is traced, not compiled in

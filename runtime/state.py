@@ -27,9 +27,6 @@ class DecodeState:
         """The sub-batch of `rows` (an index array): works for any block because states are batch-major."""
         return jax.tree.map(lambda x: x[rows], self)
 
-    def nbytes(self) -> int:
-        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.layers))
-
 
 def empty_lengths(batch_size: int) -> jax.Array:
     return jnp.zeros((batch_size,), jnp.int32)
