@@ -1,7 +1,13 @@
 """Shared test helpers."""
 
-import numpy as np
-import pytest
+import os
+
+# Sharding tests need several devices; on the CPU JAX makes them only if told before it
+# starts, so this must run before anything imports jax.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 def _greedy_reference(model, params, prompts, n_new):
