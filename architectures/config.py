@@ -163,10 +163,14 @@ class ModelConfig:
 
     `layers` is a pattern repeated to `n_layers`: layer i is `layers[i % len(layers)]`
     (the last repetition may be partial, as in Gemma-3's 5:1 pattern over 26 layers).
-    `norm`: `rmsnorm` (x * w, Llama) or `rmsnorm_plus_one` (x * (1 + w), Gemma). `post_norms`
-    also normalises each block's output before the residual add (Gemma-2's sandwich norms).
-    `scale_embeddings` multiplies embeddings by sqrt(d_model); `final_logit_softcap` c maps
-    logits to c * tanh(logits / c) (both Gemma-2).
+    `first_layers` come before the pattern, once (DeepSeek's dense first layers, RWKV-7's
+    value-residual source): layer i < len(first_layers) is first_layers[i], and the pattern
+    repeats over the remaining n_layers - len(first_layers).
+    `norm`: `rmsnorm` (x * w, Llama), `rmsnorm_plus_one` (x * (1 + w), Gemma) or `layernorm`
+    (with bias; RWKV). `post_norms` also normalises each block's output before the residual add
+    (Gemma-2's sandwich norms). `embed_norm` normalises the embeddings before the first layer
+    (RWKV's ln0). `scale_embeddings` multiplies embeddings by sqrt(d_model);
+    `final_logit_softcap` c maps logits to c * tanh(logits / c) (both Gemma-2).
     """
     name: str
     vocab_size: int
@@ -175,9 +179,11 @@ class ModelConfig:
     layers: tuple[LayerSpec, ...]
     mixers: dict[str, Any]
     ffns: dict[str, Any] = dataclasses.field(default_factory=dict)
+    first_layers: tuple[LayerSpec, ...] = ()
     norm_eps: float = 1e-5
-    norm: Literal["rmsnorm", "rmsnorm_plus_one"] = "rmsnorm"
+    norm: Literal["rmsnorm", "rmsnorm_plus_one", "layernorm"] = "rmsnorm"
     post_norms: bool = False
+    embed_norm: bool = False
     scale_embeddings: bool = False
     final_logit_softcap: float | None = None
     tie_embeddings: bool = False
@@ -191,17 +197,35 @@ class ModelConfig:
             raise ConfigError("dtype", f"must be one of {list(DTYPES)}, got {self.dtype!r}")
         if not self.layers:
             raise ConfigError("layers", "must name at least one layer")
-        for i, layer in enumerate(self.layers):
-            if layer.mixer not in self.mixers:
-                raise ConfigError(f"layers[{i}].mixer",
-                                  f"names {layer.mixer!r}, which is not defined under mixers "
-                                  f"(defined: {', '.join(sorted(self.mixers)) or 'none'})")
-            if layer.ffn is not None and layer.ffn not in self.ffns:
-                raise ConfigError(f"layers[{i}].ffn",
-                                  f"names {layer.ffn!r}, which is not defined under ffns "
-                                  f"(defined: {', '.join(sorted(self.ffns)) or 'none'})")
+        if len(self.first_layers) > self.n_layers:
+            raise ConfigError("first_layers", f"has {len(self.first_layers)} entries but n_layers is {self.n_layers}")
+        for field in ("first_layers", "layers"):
+            for i, layer in enumerate(getattr(self, field)):
+                if layer.mixer not in self.mixers:
+                    raise ConfigError(f"{field}[{i}].mixer",
+                                      f"names {layer.mixer!r}, which is not defined under mixers "
+                                      f"(defined: {', '.join(sorted(self.mixers)) or 'none'})")
+                if layer.ffn is not None and layer.ffn not in self.ffns:
+                    raise ConfigError(f"{field}[{i}].ffn",
+                                      f"names {layer.ffn!r}, which is not defined under ffns "
+                                      f"(defined: {', '.join(sorted(self.ffns)) or 'none'})")
         # Build every block once so that a bad block field fails here, not at model build.
         self.mixer_blocks, self.ffn_blocks  # noqa: B018
+        self._check_context_flow()
+
+    def _check_context_flow(self):
+        """Every Context field a block needs must be set by a block of an earlier layer."""
+        provided: set[str] = set()
+        for i, (name, block) in enumerate(self.named_layer_blocks()):
+            for role, blk in zip(("mixer", "ffn"), block):
+                if blk is None:
+                    continue
+                missing = [f for f in getattr(blk, "context_needs", ()) if f not in provided]
+                if missing:
+                    raise ConfigError(f"{name}.{role}",
+                                      f"layer {i}'s {type(blk).__name__} needs {', '.join(missing)} from an "
+                                      f"earlier layer, and none provides it")
+                provided.update(getattr(blk, "context_provides", ()))
 
     @functools.cached_property
     def mixer_blocks(self) -> dict[str, Any]:
@@ -213,14 +237,26 @@ class ModelConfig:
         return {name: build_block(FFNS, "ffn", f"ffns.{name}", spec, self.d_model)
                 for name, spec in self.ffns.items()}
 
-    def layer_blocks(self) -> list[tuple[Any, Any | None]]:
-        """The (mixer, ffn) block objects of each of the `n_layers` layers."""
+    def layer_specs(self) -> list[tuple[str, LayerSpec]]:
+        """(where it comes from, spec) of each of the `n_layers` layers."""
+        n_first = len(self.first_layers)
         out = []
         for i in range(self.n_layers):
-            spec = self.layers[i % len(self.layers)]
-            out.append((self.mixer_blocks[spec.mixer],
-                        self.ffn_blocks[spec.ffn] if spec.ffn is not None else None))
+            if i < n_first:
+                out.append((f"first_layers[{i}]", self.first_layers[i]))
+            else:
+                j = (i - n_first) % len(self.layers)
+                out.append((f"layers[{j}]", self.layers[j]))
         return out
+
+    def named_layer_blocks(self) -> list[tuple[str, tuple[Any, Any | None]]]:
+        return [(name, (self.mixer_blocks[spec.mixer],
+                        self.ffn_blocks[spec.ffn] if spec.ffn is not None else None))
+                for name, spec in self.layer_specs()]
+
+    def layer_blocks(self) -> list[tuple[Any, Any | None]]:
+        """The (mixer, ffn) block objects of each of the `n_layers` layers."""
+        return [blocks for _, blocks in self.named_layer_blocks()]
 
     # --- (de)serialisation ---
 
@@ -240,9 +276,12 @@ class ModelConfig:
             "norm_eps": self.norm_eps,
             "norm": self.norm,
             "post_norms": self.post_norms,
+            "embed_norm": self.embed_norm,
             "scale_embeddings": self.scale_embeddings,
             "final_logit_softcap": self.final_logit_softcap,
             "tie_embeddings": self.tie_embeddings,
+            "first_layers": [{k: v for k, v in dataclasses.asdict(layer).items() if v is not None}
+                             for layer in self.first_layers],
             "layers": [{k: v for k, v in dataclasses.asdict(layer).items() if v is not None}
                        for layer in self.layers],
             "mixers": copy.deepcopy(self.mixers),

@@ -13,7 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from chimera.runtime.model import Model
+from chimera.runtime.model import Model, is_stateful
 
 
 def tree_bytes(tree) -> int:
@@ -33,15 +33,21 @@ def param_bytes(model: Model) -> int:
 
 
 def mixer_state_bytes(mixer, context: int, dtype) -> int:
-    """Decode-state bytes of one sequence holding `context` tokens."""
+    """Decode-state bytes of one sequence holding `context` tokens (a mixer or a stateful ffn)."""
     if hasattr(mixer, "state_bytes"):
         return mixer.state_bytes(context, dtype)
     return tree_bytes(jax.eval_shape(lambda: mixer.init_state(1, max(context, 1), dtype)))
 
 
+def state_blocks(model: Model) -> list:
+    """Every block that carries decode state: each layer's mixer and its stateful ffn."""
+    return [block for mixer, ffn in model.blocks for block in (mixer, ffn)
+            if block is mixer or is_stateful(block)]
+
+
 def state_bytes(model: Model, context: int) -> int:
     """Decode-state bytes per sequence at `context` tokens, summed over layers."""
-    return sum(mixer_state_bytes(mixer, context, model.dtype) for mixer, _ in model.blocks)
+    return sum(mixer_state_bytes(block, context, model.dtype) for block in state_blocks(model))
 
 
 def decode_bytes_per_step(model: Model, batch: int, context: int) -> int:
@@ -54,11 +60,11 @@ def decode_bytes_per_step(model: Model, batch: int, context: int) -> int:
         embed = params["embed"]
         weights += batch * embed.shape[1] * embed.dtype.itemsize - tree_bytes(embed)
     per_sequence = 0
-    for mixer, _ in model.blocks:
-        if hasattr(mixer, "decode_bytes"):
-            per_sequence += mixer.decode_bytes(context, model.dtype)
+    for block in state_blocks(model):
+        if hasattr(block, "decode_bytes"):
+            per_sequence += block.decode_bytes(context, model.dtype)
         else:
-            per_sequence += 2 * mixer_state_bytes(mixer, context, model.dtype)
+            per_sequence += 2 * mixer_state_bytes(block, context, model.dtype)
     return weights + batch * per_sequence
 
 

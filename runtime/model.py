@@ -40,6 +40,10 @@ class Model:
 
     # --- parameters ---
 
+    def norm_axes(self):
+        """Logical axes of one norm's parameters (an array, or a dict for layernorm)."""
+        return jax.tree.map(lambda _: ("embed",), jax.eval_shape(lambda: NORMS[self.config.norm][1]((1,))))
+
     def norm_names(self, ffn) -> list[str]:
         """The norm weights of a layer with this ffn (None: a mixer-only layer)."""
         names = ["mixer_norm"] + (["mixer_post_norm"] if self.config.post_norms else [])
@@ -48,9 +52,9 @@ class Model:
         return names
 
     def init(self, key) -> dict:
-        """Random parameters in the config's dtype. Tree: embed [V, D], layers[i] =
-        {mixer_norm, mixer, mixer_post_norm?, ffn_norm?, ffn?, ffn_post_norm?}, final_norm [D],
-        lm_head [D, V] unless tied."""
+        """Random parameters in the config's dtype. Tree: embed [V, D], embed_norm? [D],
+        layers[i] = {mixer_norm, mixer, mixer_post_norm?, ffn_norm?, ffn?, ffn_post_norm?},
+        final_norm [D], lm_head [D, V] unless tied. A norm is a [D] array, or {weight, bias}."""
         cfg = self.config
         norm_init = NORMS[cfg.norm][1]
         keys = jax.random.split(key, cfg.n_layers + 2)
@@ -67,6 +71,8 @@ class Model:
             "layers": layers,
             "final_norm": norm_init((cfg.d_model,)),
         }
+        if cfg.embed_norm:
+            params["embed_norm"] = norm_init((cfg.d_model,))
         if not cfg.tie_embeddings:
             params["lm_head"] = jax.random.normal(keys[1], (cfg.d_model, cfg.vocab_size)) * cfg.d_model ** -0.5
         return jax.tree.map(lambda x: x.astype(self.dtype), params)
@@ -81,12 +87,14 @@ class Model:
         shapes = jax.eval_shape(self.init, jax.random.key(0))
         layers = []
         for (mixer, ffn), layer in zip(self.blocks, shapes["layers"]):
-            axes = {name: ("embed",) for name in self.norm_names(ffn)}
+            axes = {name: self.norm_axes() for name in self.norm_names(ffn)}
             axes["mixer"] = block_axes(mixer, layer["mixer"])
             if ffn is not None:
                 axes["ffn"] = block_axes(ffn, layer["ffn"])
             layers.append(axes)
-        axes = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": ("embed",)}
+        axes = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": self.norm_axes()}
+        if self.config.embed_norm:
+            axes["embed_norm"] = self.norm_axes()
         if not self.config.tie_embeddings:
             axes["lm_head"] = ("embed", "vocab")
         return axes
@@ -97,15 +105,19 @@ class Model:
         """Every sequence empty; capacity `max_len` tokens each."""
         if batch_size < 1 or max_len < 1:
             raise ValueError(f"batch_size and max_len must be >= 1, got {batch_size} and {max_len}")
-        layers = []
-        for i, (mixer, _) in enumerate(self.blocks):
-            state = mixer.init_state(batch_size, max_len, self.dtype)
+        def block_state(i, block):
+            state = block.init_state(batch_size, max_len, self.dtype)
             for leaf in jax.tree.leaves(state):
                 if leaf.ndim == 0 or leaf.shape[0] != batch_size:
-                    raise ValueError(f"layer {i} ({type(mixer).__name__}): every state leaf must have the "
+                    raise ValueError(f"layer {i} ({type(block).__name__}): every state leaf must have the "
                                      f"batch ({batch_size}) as axis 0, got shape {leaf.shape}")
-            layers.append(state)
-        return DecodeState(layers=tuple(layers), lengths=empty_lengths(batch_size), max_len=max_len)
+            return state
+
+        layers = tuple(block_state(i, mixer) for i, (mixer, _) in enumerate(self.blocks))
+        ffn_layers = tuple(block_state(i, ffn) if is_stateful(ffn) else None
+                           for i, (_, ffn) in enumerate(self.blocks))
+        return DecodeState(layers=layers, lengths=empty_lengths(batch_size), max_len=max_len,
+                           ffn_layers=ffn_layers)
 
     # --- the pure computation ---
 
@@ -122,20 +134,33 @@ class Model:
         x = params["embed"][tokens]  # [B, T, D]
         if cfg.scale_embeddings:  # in the weights' dtype, as Gemma rounds it
             x = x * jnp.asarray(cfg.d_model ** 0.5, x.dtype)
-        new_layer_states = []
-        for (mixer, ffn), layer, layer_state in zip(self.blocks, params["layers"], state.layers):
-            y, layer_state = mixer(layer["mixer"], self.norm(x, layer["mixer_norm"]), layer_state, ctx)
+        if cfg.embed_norm:
+            x = self.norm(x, params["embed_norm"])
+        ffn_states = state.ffn_layers or (None,) * len(self.blocks)
+        new_layer_states, new_ffn_states = [], []
+        for (mixer, ffn), layer, layer_state, ffn_state in zip(self.blocks, params["layers"], state.layers,
+                                                              ffn_states):
+            out = mixer(layer["mixer"], self.norm(x, layer["mixer_norm"]), layer_state, ctx)
+            if getattr(mixer, "context_provides", ()):
+                y, layer_state, ctx = out
+            else:
+                y, layer_state = out
             if cfg.post_norms:
                 y = self.norm(y, layer["mixer_post_norm"])
             x = x + y
             if ffn is not None:
-                y = ffn(layer["ffn"], self.norm(x, layer["ffn_norm"]), ctx)
+                normed = self.norm(x, layer["ffn_norm"])
+                if is_stateful(ffn):
+                    y, ffn_state = ffn(layer["ffn"], normed, ffn_state, ctx)
+                else:
+                    y = ffn(layer["ffn"], normed, ctx)
                 if cfg.post_norms:
                     y = self.norm(y, layer["ffn_post_norm"])
                 x = x + y
             new_layer_states.append(layer_state)
+            new_ffn_states.append(ffn_state)
         new_state = DecodeState(layers=tuple(new_layer_states), lengths=state.lengths + lengths,
-                                max_len=state.max_len)
+                                max_len=state.max_len, ffn_layers=tuple(new_ffn_states))
 
         if not all_logits:  # only each row's last appended token: [B, 1, D]
             x = jnp.take_along_axis(x, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
@@ -215,6 +240,11 @@ class Model:
                 b = over[0]
                 raise ValueError(f"sequence {b} would hold {held[b] + lengths[b]} tokens, "
                                  f"past the state's max_len {state.max_len}")
+
+
+def is_stateful(ffn) -> bool:
+    """Whether a feed-forward carries decode state (it then defines `init_state`)."""
+    return ffn is not None and hasattr(ffn, "init_state")
 
 
 def build(config: ModelConfig) -> Model:

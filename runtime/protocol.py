@@ -7,9 +7,18 @@ A token mixer is a frozen dataclass built from its YAML fields plus `d_model`:
     __call__(params, x [B,T,D], state, ctx) -> (y [B,T,D], new state)
 
 A feed-forward is the same without state: `init(key)`, `__call__(params, x, ctx) -> y`.
+A feed-forward that defines `init_state` carries state like a mixer (RWKV's channel-mix keeps
+the previous token): `__call__(params, x, state, ctx) -> (y, new state)`; its state lives in
+`DecodeState.ffn_layers`.
 Optional: `param_axes()` / `state_axes()` (logical axis names per leaf, for sharding),
 `state_bytes(context, dtype)` (decode-state bytes of one sequence holding `context`
 tokens) and `flops_per_token(context)` (for benchmarks and comparisons).
+
+Blocks may pass per-token values to later layers through the Context (RWKV-7's value
+residual: the first layer's values reach every later layer). A block declares the Context
+fields it needs in `context_needs` and those it sets in `context_provides` (tuples of field
+names); a mixer that provides any returns `(y, new state, new ctx)`. The config checks that
+every need is provided by an earlier layer.
 """
 
 from __future__ import annotations
@@ -46,6 +55,9 @@ class Context:
 
     positions: [B, T] int32, the absolute position of each token in its sequence.
     valid: [B, T] bool, False on padding; a mixer leaves state unchanged there.
+    first_values: [B, T, ...] the values of the first value-residual layer (RWKV-7), set by
+    that layer for the later ones; None until then.
     """
     positions: jax.Array
     valid: jax.Array
+    first_values: jax.Array | None = None

@@ -14,10 +14,13 @@ class DecodeState:
     """layers: tuple of per-layer mixer states (every leaf batch-major).
     lengths: [B] int32, the number of tokens each sequence holds.
     max_len: the capacity each sequence was allocated for (static).
+    ffn_layers: tuple of per-layer feed-forward states, None for a stateless feed-forward
+    (RWKV's channel-mix keeps the previous token; every leaf batch-major too).
     """
     layers: tuple
     lengths: jax.Array
     max_len: int = dataclasses.field(metadata=dict(static=True))
+    ffn_layers: tuple = ()
 
     @property
     def batch_size(self) -> int:

@@ -197,6 +197,11 @@ def padded(tokens, lengths, vocab, seed):
     return np.where(np.arange(tokens.shape[1])[None, :] < lengths[:, None], tokens, garbage).astype(np.int32)
 
 
+def recurrent(state):
+    """The per-layer states of a DecodeState (mixers' and stateful feed-forwards'), without lengths."""
+    return state.layers, state.ffn_layers
+
+
 def check_prompt_then_decode(model, params, tokens, want, prompt, max_len, assert_logits=assert_close):
     """A prompt of `prompt` tokens, then one token at a time, give forward's logits `want`
     (compared by assert_logits). Returns the final state."""
@@ -231,7 +236,7 @@ def check_ragged_batch_matches_alone(model, params, tokens, want, lengths, max_l
         assert_logits(logits[b, :n], want[b, :n])
         _, alone = model.extend(params, model.init_state(1, max_len), padded(tokens, lengths, vocab, seed=4)[b:b + 1],
                                 lengths[b:b + 1])
-        for ours, theirs in zip(jax.tree.leaves(state.layers), jax.tree.leaves(alone.layers), strict=True):
+        for ours, theirs in zip(jax.tree.leaves(recurrent(state)), jax.tree.leaves(recurrent(alone)), strict=True):
             assert_close(ours[b], theirs[0])
         alone_logits, _ = model.extend(params, alone, nxt[b:b + 1])
         assert_logits(together[b], alone_logits[0])
@@ -265,8 +270,8 @@ def check_bounded_state(model, allocated_bytes, bound, max_lens=(1024, 65536)):
     """The model's state is the same at both max_lens (short, long) and takes allocated_bytes,
     all of which costs.state_bytes counts from a context of `bound` tokens on."""
     short, long = (jax.eval_shape(lambda n=n: model.init_state(1, n)) for n in max_lens)
-    assert jax.tree.map(lambda x: (x.shape, x.dtype), short.layers) == jax.tree.map(lambda x: (x.shape, x.dtype),
-                                                                                      long.layers)
-    allocated = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(long.layers))
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), recurrent(short)) == jax.tree.map(lambda x: (x.shape, x.dtype),
+                                                                                          recurrent(long))
+    allocated = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(recurrent(long)))
     assert allocated == allocated_bytes
     assert costs.state_bytes(model, max_lens[1]) == costs.state_bytes(model, bound) == allocated
