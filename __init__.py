@@ -14,6 +14,8 @@ from chimera.attention.window import SlidingWindowAttention
 from chimera.moe.mlp import GatedMLP
 from chimera.ssm.mamba import Mamba
 from chimera.ssm.mamba2 import Mamba2
+from chimera.ssm.rwkv7 import RWKV7
+from chimera.ssm.channel_mix import RWKV7ChannelMix
 
 from chimera.runtime.model import Model, build
 from chimera.runtime.sampling import Sampling
@@ -22,7 +24,7 @@ from chimera.architectures.hf import from_hf
 from chimera.sharding.mesh import make_mesh
 
 __all__ = [
-    "Attention", "BlockSparseAttention", "ConfigError", "H2OAttention", "MLA", "SinkAttention", "SlidingWindowAttention", "Context", "DecodeState", "Engine", "GatedMLP", "Generation", "Mamba", "Mamba2", "Model",
+    "Attention", "BlockSparseAttention", "ConfigError", "H2OAttention", "MLA", "SinkAttention", "SlidingWindowAttention", "Context", "DecodeState", "Engine", "GatedMLP", "Generation", "Mamba", "Mamba2", "Model", "RWKV7", "RWKV7ChannelMix",
     "ModelConfig", "Sampling", "build", "from_hf", "list_presets", "load_config", "make_mesh",
     "register_ffn", "register_mixer",
 ]
