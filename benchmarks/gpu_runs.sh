@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements in BENCHMARKS.md (run on the lent GPU from the repo root; $OUT receives JSON).
-#   bash benchmarks/gpu_runs.sh chimera|transformers|long-context|recurrent
+#   bash benchmarks/gpu_runs.sh chimera|transformers|long-context|recurrent|rwkv7
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -26,6 +26,11 @@ case "${1:-chimera}" in
     # matrices of 64 rows need more than the GPU's memory.
     $cli --config mamba2-2.7b --batch 1,64 --context 1024 --prefill-chunk 256 --json "$OUT/chimera-mamba2-2.7b-1k.json"
     $cli --config mamba2-2.7b --batch 1 --context 4096,32768 --json "$OUT/chimera-mamba2-2.7b-long.json"
+    ;;
+  rwkv7)
+    cli="python3 -m chimera.runtime.cli bench --dtype bfloat16 --gen 64 --repeats 3"
+    $cli --config rwkv7-1.5b --batch 1,64 --context 1024 --json "$OUT/chimera-rwkv7-1.5b-1k.json"
+    $cli --config rwkv7-1.5b --batch 1 --context 4096,32768 --json "$OUT/chimera-rwkv7-1.5b-long.json"
     ;;
   transformers)
     for cfg in llama-3.2-1b llama-3-8b; do
