@@ -1,4 +1,4 @@
-"""The `chimera` command: generate, bench, presets."""
+"""The `chimera` command: generate, bench, compare, presets."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from pathlib import Path
 import jax
 
 from chimera.architectures.config import ConfigError, list_presets, load_config
+from chimera.runtime import compare
+
+SIZE_SUFFIXES = {"k": 1024, "m": 1024 ** 2}  # context lengths: 4k = 4096 tokens, as the field says
 
 
 def int_list(text: str) -> list[int]:
@@ -20,6 +23,19 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def context_list(text: str) -> list[int]:
+    """'1k,4k,16k' -> [1024, 4096, 16384]; plain integers too."""
+    values = []
+    for item in (v.strip().lower() for v in text.split(",")):
+        scale = SIZE_SUFFIXES.get(item[-1:], 1)
+        digits = item[:-1] if scale > 1 else item
+        if not digits.isdigit() or int(digits) < 1:
+            raise argparse.ArgumentTypeError(f"{item!r} in {text!r} is not a context length: expected positive "
+                                             f"integers, optionally with k (x1024) or m (x1024^2), e.g. 1k,4k,16k")
+        values.append(int(digits) * scale)
     return values
 
 
@@ -89,6 +105,30 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from chimera.runtime import mqar, report  # report imports matplotlib: only when needed
+    # Load every config first: a bad name fails at once, not after minutes of measuring.
+    configs = [load_config(name) for name in args.configs or compare.default_presets()]
+    task = mqar.MQARTask() if args.task == "mqar" else None
+    settings = mqar.TrainSettings(steps=args.mqar_steps, seed=args.seed)
+    columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        bar = progress.add_task("compiling and measuring",
+                                total=compare.n_steps(len(configs), args.contexts, args.batch, args.grid,
+                                                      task is not None))
+        result = compare.compare(configs, args.contexts, args.batch, grid=args.grid, gen=args.gen,
+                                 repeats=args.repeats, seed=args.seed, mqar_task=task, mqar_settings=settings,
+                                 advance=lambda done: progress.update(bar, advance=1, description=done))
+    # Wide enough for several architectures side by side when the output is a log, not a terminal.
+    Console(width=None if sys.stdout.isatty() else 200).print(report.table(result))
+    paths = report.write(result, Path(args.out))
+    print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
 def cmd_presets(args) -> int:
     for name in list_presets():
         config = load_config(name)
@@ -138,6 +178,31 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--json", help="also write the report to this JSON file")
     bench.set_defaults(run=cmd_bench)
+
+    comp = commands.add_parser("compare", help="compare architectures: parameters, state, FLOPs, speed (and MQAR)",
+                               description="Build each config with random weights and report side by side: total "
+                                           "and active parameters, decode-state bytes and FLOPs per token at each "
+                                           "context, measured prefill and decode speed at each context and batch. "
+                                           "Writes a table, report.md, results.json and PNG plots. With no "
+                                           "configs, compares the bundled tiny presets of each family.")
+    comp.add_argument("configs", nargs="*", metavar="CONFIG",
+                      help="preset names or YAML paths (default: the tiny presets of each family)")
+    comp.add_argument("--contexts", type=context_list, default=list(compare.DEFAULT_CONTEXTS),
+                      help="comma-separated contexts, k = 1024 tokens, e.g. 1k,4k,16k "
+                           f"(default {','.join(map(str, compare.DEFAULT_CONTEXTS))})")
+    comp.add_argument("--batch", type=int_list, default=list(compare.DEFAULT_BATCHES),
+                      help=f"comma-separated batch sizes (default {','.join(map(str, compare.DEFAULT_BATCHES))})")
+    comp.add_argument("--grid", choices=compare.GRIDS, default="cross",
+                      help="which (context, batch) pairs to time: cross (default) = every context at the smallest "
+                           "batch and every batch at the longest context; full = all pairs (compiles more)")
+    comp.add_argument("--out", default="out/compare", help="folder for report.md, results.json and the plots")
+    comp.add_argument("--task", choices=["mqar"],
+                      help="also train each config briefly on multi-query associative recall; report accuracy")
+    comp.add_argument("--mqar-steps", type=positive_int, default=300, help="AdamW steps of MQAR training")
+    comp.add_argument("--gen", type=positive_int, default=32, help="decode steps timed per measurement (>= 2)")
+    comp.add_argument("--repeats", type=positive_int, default=2, help="timed runs per measurement (median)")
+    comp.add_argument("--seed", type=int, default=0)
+    comp.set_defaults(run=cmd_compare)
 
     presets = commands.add_parser("presets", help="list the bundled presets")
     presets.set_defaults(run=cmd_presets)
