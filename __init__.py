@@ -12,6 +12,7 @@ from chimera.attention.sinks import SinkAttention
 from chimera.attention.sparse import BlockSparseAttention
 from chimera.attention.window import SlidingWindowAttention
 from chimera.moe.mlp import GatedMLP
+from chimera.moe.moe import MoE
 from chimera.ssm.mamba import Mamba
 from chimera.ssm.mamba2 import Mamba2
 from chimera.ssm.rwkv7 import RWKV7
@@ -24,7 +25,7 @@ from chimera.architectures.hf import from_hf
 from chimera.sharding.mesh import make_mesh
 
 __all__ = [
-    "Attention", "BlockSparseAttention", "ConfigError", "H2OAttention", "MLA", "SinkAttention", "SlidingWindowAttention", "Context", "DecodeState", "Engine", "GatedMLP", "Generation", "Mamba", "Mamba2", "Model", "RWKV7", "RWKV7ChannelMix",
+    "Attention", "BlockSparseAttention", "ConfigError", "H2OAttention", "MLA", "SinkAttention", "SlidingWindowAttention", "Context", "DecodeState", "Engine", "GatedMLP", "MoE", "Generation", "Mamba", "Mamba2", "Model", "RWKV7", "RWKV7ChannelMix",
     "ModelConfig", "Sampling", "build", "from_hf", "list_presets", "load_config", "make_mesh",
     "register_ffn", "register_mixer",
 ]
