@@ -1,5 +1,6 @@
-"""DeepSeek-V3 folders (`model_type: deepseek_v3`) whose layers are all dense: Multi-head
-Latent Attention (`mla`), gated MLP, RMSNorm. MoE layers are refused until moe/ has them."""
+"""DeepSeek-V3 folders (`model_type: deepseek_v3`): Multi-head Latent Attention (`mla`),
+RMSNorm, `first_k_dense_replace` dense gated-MLP layers (`first_layers`), then MoE layers:
+sigmoid router with a selection-only bias, group-limited top-k, routed scaling, shared experts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import jax.numpy as jnp
 from chimera.architectures.config import ModelConfig
 from chimera.architectures.hf import Checkpoint, register_converter
 from chimera.architectures.hf.llama import HF_ACTIVATIONS, embedding_params, mlp_params, rope_fields
+from chimera.architectures.hf.mixtral import moe_params
+from chimera.architectures.hf.qwen_moe import QWEN_EXPERTS
 from chimera.attention.mla import MLA
+from chimera.moe.mlp import GatedMLP
 
 # transformers' DeepseekV3Config defaults, for config.json files that leave a field out.
 DEFAULTS = {"q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
@@ -44,10 +48,8 @@ def deepseek_rope_fields(hf: dict) -> dict:
 
 
 def deepseek_v3_config(hf: dict) -> ModelConfig:
-    n_layers, dense = hf["num_hidden_layers"], get(hf, "first_k_dense_replace")
-    if dense < n_layers:
-        raise ValueError(f"deepseek_v3: layers {dense}..{n_layers - 1} are MoE layers (first_k_dense_replace "
-                         f"{dense} < num_hidden_layers {n_layers}); MoE layers are not supported yet")
+    n_layers = hf["num_hidden_layers"]
+    dense = min(get(hf, "first_k_dense_replace"), n_layers)
     if hf.get("attention_bias"):
         raise ValueError("deepseek_v3: attention_bias is not supported")
     activation = get(hf, "hidden_act")
@@ -60,7 +62,8 @@ def deepseek_v3_config(hf: dict) -> ModelConfig:
         "n_layers": n_layers,
         "norm_eps": get(hf, "rms_norm_eps"),
         "tie_embeddings": hf.get("tie_word_embeddings", False),
-        "layers": [{"mixer": "attn", "ffn": "mlp"}],
+        "first_layers": [{"mixer": "attn", "ffn": "mlp"}] * dense if dense < n_layers else [],
+        "layers": [{"mixer": "attn", "ffn": "moe" if dense < n_layers else "mlp"}],
         "mixers": {"attn": {
             "kind": "mla",
             "n_heads": hf["num_attention_heads"],
@@ -69,8 +72,30 @@ def deepseek_v3_config(hf: dict) -> ModelConfig:
             "norm_eps": LATENT_NORM_EPS,
             **deepseek_rope_fields(hf),
         }},
-        "ffns": {"mlp": {"kind": "mlp", "d_ff": hf["intermediate_size"], "activation": HF_ACTIVATIONS[activation]}},
+        "ffns": {"mlp": {"kind": "mlp", "d_ff": hf["intermediate_size"], "activation": HF_ACTIVATIONS[activation]},
+                 "moe": moe_config(hf, HF_ACTIVATIONS[activation])},
     })
+
+
+def moe_config(hf: dict, activation: str) -> dict:
+    n_shared = hf.get("n_shared_experts") or 0
+    return {"kind": "moe", "n_experts": hf.get("n_routed_experts", 256), "top_k": hf.get("num_experts_per_tok", 8),
+            "d_ff": hf.get("moe_intermediate_size", 2048), "activation": activation, "router": "sigmoid_group",
+            "renormalize": hf.get("norm_topk_prob", True), "n_group": hf.get("n_group") or 1,
+            "topk_group": hf.get("topk_group") or 1, "routed_scaling_factor": hf.get("routed_scaling_factor", 2.5),
+            "n_shared_experts": n_shared}
+
+
+def ffn_params(ckpt: Checkpoint, prefix: str, ffn) -> dict:
+    """A dense MLP, or an MoE: router `gate.weight` [E, D] and its `e_score_correction_bias`,
+    per-expert `experts.{e}.*_proj`, shared experts as one MLP."""
+    if isinstance(ffn, GatedMLP):
+        return mlp_params(ckpt, prefix, ffn)
+    params = moe_params(ckpt, prefix, ffn, QWEN_EXPERTS)
+    params["selection_bias"] = ckpt.get(prefix + "gate.e_score_correction_bias")
+    if ffn.n_shared_experts:
+        params["shared"] = mlp_params(ckpt, prefix + "shared_experts.", ffn.shared_mlp)
+    return params
 
 
 def mla_params(ckpt: Checkpoint, prefix: str, mla: MLA, d_model: int) -> dict:
@@ -107,7 +132,7 @@ def deepseek_v3_params(config: ModelConfig, ckpt: Checkpoint) -> dict:
         layers.append({"mixer_norm": ckpt.get(p + "input_layernorm.weight"),
                        "mixer": mla_params(ckpt, p + "self_attn.", mla, config.d_model),
                        "ffn_norm": ckpt.get(p + "post_attention_layernorm.weight"),
-                       "ffn": mlp_params(ckpt, p + "mlp.", mlp)})
+                       "ffn": ffn_params(ckpt, p + "mlp.", mlp)})
     # Released checkpoints append multi-token-prediction modules as extra layers
     # (model.layers.{n_layers}..., each with an `eh_proj`); plain decoding does not use them,
     # as in transformers. Any other extra layer stays an unused-tensor error.

@@ -37,17 +37,29 @@ BASE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_l
 YARN = {"rope_type": "yarn", "rope_theta": 500.0, "factor": 4.0, "original_max_position_embeddings": 32,
         "beta_fast": 8.0, "beta_slow": 1.0, "mscale": 0.9, "mscale_all_dim": 0.6}
 
+# One dense layer then MoE ones: 8 routed experts in 4 groups (the best 2 groups eligible),
+# top 2, a shared expert, renormalised weights scaled by 2.5.
+MOE = dict(q_lora_rank=24, num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=8, n_group=4,
+           topk_group=2, num_experts_per_tok=2, n_shared_experts=1, routed_scaling_factor=2.5, norm_topk_prob=True)
+
 CASES = {
     "q_lora": dict(q_lora_rank=24),  # DeepSeek-V3's own layout
     "q_direct_yarn": dict(rope_parameters=YARN),  # DeepSeek-V2-Lite's, with long-context RoPE
     "rotate_half_tied": dict(q_lora_rank=24, rope_interleave=False, tie_word_embeddings=True),
+    "moe": MOE,
 }
 
 
 def build_hf(seed=0, **overrides):
-    """A tiny float32 DeepseekV3ForCausalLM with non-trivial weights everywhere."""
+    """A tiny float32 DeepseekV3ForCausalLM with non-trivial weights everywhere (the router's
+    selection bias too: a buffer, which randomise_ leaves at zero)."""
     config = transformers.DeepseekV3Config(**(BASE | overrides))
-    return hf_parity.build_hf(transformers.DeepseekV3ForCausalLM, config, seed)
+    hf = hf_parity.build_hf(transformers.DeepseekV3ForCausalLM, config, seed)
+    with torch.no_grad():
+        for name, buffer in hf.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.normal_(0.0, 0.3)
+    return hf
 
 
 def random_tokens(shape, seed=0):
@@ -71,6 +83,11 @@ def test_folder_has_what_the_case_needs(case):
     mla = model.config.mixer_blocks["attn"]
     assert type(mla).__name__ == "MLA" and mla.v_head_dim == 12 and mla.qk_nope_head_dim == 16
     assert mla.q_lora_rank == CASES[name].get("q_lora_rank")
+    if name == "moe":
+        moe = model.config.ffn_blocks["moe"]
+        assert len(model.config.first_layers) == 1 and model.config.layers[0].ffn == "moe"
+        assert (moe.n_experts, moe.top_k, moe.n_group, moe.topk_group, moe.n_shared_experts) == (8, 2, 4, 2, 1)
+        assert np.abs(np.asarray(params["layers"][1]["ffn"]["selection_bias"])).max() > 0.1
     assert ("wq_a" in params["layers"][0]["mixer"]) == (mla.q_lora_rank is not None)
     assert mla.rope_interleave == CASES[name].get("rope_interleave", True)
     assert ("lm_head" in params) == (name != "rotate_half_tied")
@@ -130,11 +147,18 @@ def folder_copy(dense_folder, tmp_path):
     return folder
 
 
-def test_moe_layers_are_refused(tmp_path):
-    build_hf(first_k_dense_replace=1).save_pretrained(tmp_path)  # layer 1 is MoE
-    assert "model.layers.1.mlp.gate.weight" in load_file(tmp_path / "model.safetensors")
-    with pytest.raises(ValueError, match="MoE layers are not supported"):
-        chimera.from_hf(tmp_path)
+def test_moe_selection_bias_matters(tmp_path):
+    """Guards the MoE parity: with the checkpoint's selection bias zeroed, other experts are
+    chosen and the logits move (so the bias is read and used for choosing)."""
+    hf = build_hf(**MOE)
+    hf.save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(path)
+    save_file({k: (np.zeros_like(v) if k.endswith("e_score_correction_bias") else v) for k, v in tensors.items()},
+              path, metadata={"format": "pt"})
+    model, params = chimera.from_hf(tmp_path)
+    tokens = random_tokens((1, T), seed=3)
+    assert rel_err(model.forward(params, tokens), hf_logits(hf, tokens)) > 100 * TOL
 
 
 def test_attention_bias_is_refused(folder_copy):
