@@ -116,7 +116,8 @@ def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: in
     if min(prompt_lens) < 1 or gen < 2:
         raise ValueError(f"need prompt lengths >= 1 and gen >= 2, got {prompt_lens} and {gen}")
     model = build(config)
-    params = jax.jit(model.init)(jax.random.key(seed))
+    # Eagerly: one jit of a whole model's random init compiles for minutes (threefry per leaf).
+    params = model.init(jax.random.key(seed))
     device = jax.devices()[0]
     bandwidth, flop_rate = device_peaks(device)
     results = [bench_batch(config, params, b, n, gen, repeats, seed, prefill_chunk)

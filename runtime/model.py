@@ -65,7 +65,7 @@ class Model:
             layer["mixer"] = mixer.init(k_mixer)
             if ffn is not None:
                 layer["ffn"] = ffn.init(k_ffn)
-            layers.append(layer)
+            layers.append(self.cast(layer))  # layer by layer: float32 copies of one layer at a time
         params = {
             "embed": jax.random.normal(keys[0], (cfg.vocab_size, cfg.d_model)),
             "layers": layers,
@@ -75,7 +75,10 @@ class Model:
             params["embed_norm"] = norm_init((cfg.d_model,))
         if not cfg.tie_embeddings:
             params["lm_head"] = jax.random.normal(keys[1], (cfg.d_model, cfg.vocab_size)) * cfg.d_model ** -0.5
-        return jax.tree.map(lambda x: x.astype(self.dtype), params)
+        return self.cast(params)
+
+    def cast(self, tree):
+        return jax.tree.map(lambda x: x.astype(self.dtype), tree)
 
     def param_axes(self) -> dict:
         """Logical axis names for every parameter leaf (blocks without `param_axes` replicate)."""
