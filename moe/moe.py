@@ -147,6 +147,14 @@ class MoE:
         shared = 3 * d * self.shared_d_ff + d * int(self.shared_expert_gate) if self.n_shared_experts else 0
         return router + self.top_k * 3 * d * self.d_ff + shared
 
+    def touched_param_count(self, n_tokens: int) -> float:
+        """Parameters a decode step over n_tokens tokens reads: every non-expert weight, and the
+        experts expected to receive a token if routing is uniform, E (1 - (1 - k/E)^n) - exact
+        for one token (its top_k), an estimate beyond."""
+        one_expert = 3 * self.d_model * self.d_ff
+        touched = self.n_experts * (1 - (1 - self.top_k / self.n_experts) ** n_tokens)
+        return self.active_param_count() - self.top_k * one_expert + touched * one_expert
+
     def flops_per_token(self) -> int:
         """Router logits, the top_k routed experts and the shared ones (2 FLOPs per multiply-add)."""
         d = self.d_model

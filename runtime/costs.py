@@ -52,10 +52,15 @@ def state_bytes(model: Model, context: int) -> int:
 
 def decode_bytes_per_step(model: Model, batch: int, context: int) -> int:
     """The fewest bytes one decode step must move: every weight once (the embedding table
-    only for the rows looked up, unless it is also the LM head), plus each sequence's state
-    traffic (`decode_bytes`: a KV cache is read and one token's slot written)."""
+    only for the rows looked up, unless it is also the LM head; an MoE's experts only where a
+    token goes, `touched_param_count`), plus each sequence's state traffic (`decode_bytes`: a
+    KV cache is read and one token's slot written)."""
     params = param_shapes(model)
     weights = tree_bytes(params)
+    itemsize = model.dtype.itemsize
+    for (_, ffn), layer in zip(model.blocks, params["layers"]):
+        if hasattr(ffn, "touched_param_count"):  # an MoE reads only the experts it routes to
+            weights += round(ffn.touched_param_count(batch) * itemsize) - tree_bytes(layer["ffn"])
     if not model.config.tie_embeddings:
         embed = params["embed"]
         weights += batch * embed.shape[1] * embed.dtype.itemsize - tree_bytes(embed)

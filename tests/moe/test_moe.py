@@ -243,3 +243,13 @@ def test_ragged_batch_matches_each_row_alone(moe_model):
 def test_padding_is_inert(moe_model):
     model, params, tokens, _ = moe_model
     harness.check_padding_is_inert(model, params, tokens, np.array([14, 3, 9]), max_len=16)
+
+
+def test_touched_params_span_one_token_to_every_expert():
+    """A decode step of one token reads its top_k experts (active_param_count); of many tokens,
+    all of them (the block's whole parameter count); costs.decode_bytes_per_step uses this."""
+    block = MoE(d_model=16, n_experts=8, top_k=2, d_ff=8, n_shared_experts=1)
+    total = sum(x.size for x in jax.tree.leaves(jax.eval_shape(block.init, jax.random.key(0))))
+    assert block.touched_param_count(1) == pytest.approx(block.active_param_count())
+    assert block.touched_param_count(10_000) == pytest.approx(total)
+    assert block.active_param_count() < block.touched_param_count(4) < total
