@@ -48,7 +48,7 @@ class MoE:
     e_score_correction_bias); `routed_scaling_factor` multiplies the weights.
     n_shared_experts: always-on experts, run as one gated MLP of width `shared_d_ff`
     (default n_shared_experts * d_ff); `shared_expert_gate` scales it by sigmoid(x . g).
-    capacity_factor: None is dropless. grouped_matmul: `ragged_dot` | `tiled` (dispatch.py).
+    capacity_factor: None is dropless. grouped_matmul: `auto` | `ragged_dot` | `tiled` (dispatch.py).
     """
     d_model: int
     n_experts: int
@@ -65,7 +65,7 @@ class MoE:
     shared_d_ff: int | None = None
     shared_expert_gate: bool = False
     capacity_factor: float | None = None
-    grouped_matmul: GroupedMatmul = "ragged_dot"
+    grouped_matmul: GroupedMatmul = "auto"
 
     def __post_init__(self):
         require_positive(self, "n_experts", "top_k", "d_ff", "n_group", "topk_group", "routed_scaling_factor",

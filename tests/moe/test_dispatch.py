@@ -154,3 +154,11 @@ def test_jit_compatible():
     eager = dispatch.dropless(*args, "silu", "tiled")
     jitted = jax.jit(dispatch.dropless, static_argnums=(5, 6))(*args, "silu", "tiled")
     np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-6)
+
+
+def test_auto_picks_by_row_count():
+    """`auto` runs ragged_dot below AUTO_TILED_ROWS assignment rows and tiled from there (the
+    measured crossover); explicit choices are kept whatever the size."""
+    assert dispatch.resolve("auto", 1) == dispatch.resolve("auto", dispatch.AUTO_TILED_ROWS - 1) == "ragged_dot"
+    assert dispatch.resolve("auto", dispatch.AUTO_TILED_ROWS) == "tiled"
+    assert dispatch.resolve("tiled", 2) == "tiled" and dispatch.resolve("ragged_dot", 10 ** 6) == "ragged_dot"
