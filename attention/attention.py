@@ -15,6 +15,7 @@ import numpy as np
 from chimera.architectures.config import ConfigError, require_positive
 from chimera.attention.core import grouped_logits, mix, probabilities
 from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies, rope_attention_factor
+from chimera.runtime.norm import rms_norm
 from chimera.runtime.protocol import Context, register_mixer
 
 
@@ -36,7 +37,10 @@ class Attention:
     """Causal attention over every earlier token. `n_kv_heads` defaults to `n_heads` (MHA);
     1 is MQA. `head_dim` defaults to d_model // n_heads. `scale` defaults to head_dim ** -0.5.
     `softcap` soft-caps the logits (Gemma-2); `learned_sinks` adds a learned per-head logit to
-    every softmax denominator (GPT-OSS).
+    every softmax denominator (GPT-OSS). `use_rope: false` leaves q and k unrotated (no
+    positional encoding: Jamba's attention layers, whose order comes from the Mamba layers).
+    `qk_norm` RMS-normalises each head's q and k over head_dim (weights `q_norm`, `k_norm`
+    [head_dim], epsilon `qk_norm_eps`) after the projections and before RoPE (Qwen3).
 
     Variants (windowed, sinks, ...) subclass this: they share `project`, `output` and the
     parameters, and differ in their cache and mask.
@@ -52,9 +56,13 @@ class Attention:
     scale: float | None = None
     softcap: float | None = None
     learned_sinks: bool = False
+    use_rope: bool = True
+    qk_norm: bool = False
+    qk_norm_eps: float = 1e-6
 
     def __post_init__(self):
-        require_positive(self, "n_heads", "n_kv_heads", "head_dim", "rope_theta", "scale", "softcap")
+        require_positive(self, "n_heads", "n_kv_heads", "head_dim", "rope_theta", "scale", "softcap",
+                         "qk_norm_eps")
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         if self.head_dim is None:
@@ -66,8 +74,10 @@ class Attention:
             object.__setattr__(self, "scale", self.head_dim ** -0.5)
         if self.n_heads % self.n_kv_heads:
             raise ConfigError("n_kv_heads", f"{self.n_kv_heads} does not divide n_heads {self.n_heads}")
-        if self.head_dim % 2:
+        if self.use_rope and self.head_dim % 2:
             raise ConfigError("head_dim", f"must be even for RoPE, got {self.head_dim}")
+        if not self.use_rope and self.rope_scaling is not None:
+            raise ConfigError("rope_scaling", "is set but use_rope is false")
 
     @property
     def inv_freq(self) -> np.ndarray:
@@ -88,6 +98,8 @@ class Attention:
             params["bo"] = jnp.zeros((d,))
         if self.learned_sinks:
             params["sinks"] = jnp.zeros((h,))
+        if self.qk_norm:
+            params |= {"q_norm": jnp.ones((hd,)), "k_norm": jnp.ones((hd,))}
         return params
 
     def param_axes(self):
@@ -99,6 +111,8 @@ class Attention:
             axes["bo"] = ("embed",)
         if self.learned_sinks:
             axes["sinks"] = ("heads",)
+        if self.qk_norm:
+            axes |= {"q_norm": ("head_dim",), "k_norm": ("head_dim",)}
         return axes
 
     def init_state(self, batch_size, max_len, dtype):
@@ -123,16 +137,22 @@ class Attention:
         return projections + scores_and_mix
 
     def project(self, params, x, ctx: Context):
-        """x [B, T, D] -> q [B, T, H, Dh], k and v [B, T, Hkv, Dh], RoPE applied at ctx.positions."""
+        """x [B, T, D] -> q [B, T, H, Dh], k and v [B, T, Hkv, Dh]; q and k normalised (qk_norm),
+        then rotated to ctx.positions."""
         q = jnp.einsum("btd,dhk->bthk", x, params["wq"])  # [B, T, H, Dh]
         k = jnp.einsum("btd,dhk->bthk", x, params["wk"])  # [B, T, Hkv, Dh]
         v = jnp.einsum("btd,dhk->bthk", x, params["wv"])  # [B, T, Hkv, Dh]
         if self.qkv_bias:
             q, k, v = q + params["bq"], k + params["bk"], v + params["bv"]
+        if self.qk_norm:
+            q, k = rms_norm(q, params["q_norm"], self.qk_norm_eps), rms_norm(k, params["k_norm"], self.qk_norm_eps)
         return self.rope(q, ctx.positions), self.rope(k, ctx.positions), v
 
     def rope(self, x, positions):
-        """x [B, T, H, Dh] rotated to `positions` [B, T] by this block's RoPE (yarn's cos/sin factor included)."""
+        """x [B, T, H, Dh] rotated to `positions` [B, T] by this block's RoPE (yarn's cos/sin factor
+        included); x itself when use_rope is false."""
+        if not self.use_rope:
+            return x
         return apply_rope(x, positions, self.inv_freq, rope_attention_factor(self.rope_scaling))
 
     def probabilities(self, params, logits, mask):

@@ -117,4 +117,4 @@ def from_hf(path: str | Path, dtype: str = "float32") -> tuple[Model, dict]:
 
 # Converters register themselves on import.
 from chimera.architectures.hf import (  # noqa: E402,F401
-    deepseek_v3, gemma2, llama, mamba, mamba2, mistral, mixtral, qwen_moe, rwkv7)
+    deepseek_v3, gemma2, jamba, llama, mamba, mamba2, mistral, mixtral, qwen3, qwen_moe, rwkv7)

@@ -8,7 +8,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import chimera  # noqa: E402
 import hf_parity  # noqa: E402
 from chimera.architectures.hf.qwen_moe import qwen_moe_config  # noqa: E402
 

@@ -1,5 +1,6 @@
 """The `attention` mixer, called through the block protocol, against a float64 numpy
-reference written from the math: causal GQA attention with rotate-half RoPE."""
+reference written from the math: causal GQA attention with rotate-half RoPE, and its options
+(no RoPE; per-head q/k RMSNorm before RoPE, as Qwen3), which every variant inherits."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,12 @@ import numpy as np
 import pytest
 
 import chimera
-from mixer_harness import assert_close, assert_only_written_change, attention_reference, context, init_params
+from chimera.attention.h2o import H2OAttention
+from chimera.attention.sinks import SinkAttention
+from chimera.attention.sparse import BlockSparseAttention
+from chimera.attention.window import SlidingWindowAttention
+from mixer_harness import (assert_close, assert_only_written_change, attend, attention_reference, context, float64,
+                           init_params, output, qkv, rope, run)
 
 D_MODEL, HEAD_DIM, N_HEADS, SLOTS = 32, 8, 4, 24
 
@@ -116,3 +122,108 @@ def test_state_bytes_matches_init_state(setup, context_len, dtype):
     state = block.init_state(1, context_len, dtype)
     real = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
     assert block.state_bytes(context_len, dtype) == real
+
+
+# --- options: no RoPE (Jamba), per-head q/k RMSNorm before RoPE (Qwen3) ---
+
+# An epsilon of 1e-3 moves the normalised values by ~1e-3 relative: a block that ignored it would fail.
+OPTIONS = {"no_rope": dict(use_rope=False), "qk_norm": dict(qk_norm=True, qk_norm_eps=1e-3),
+           "qk_norm_no_rope": dict(use_rope=False, qk_norm=True, qk_norm_eps=1e-3)}
+FIELDS = dict(d_model=D_MODEL, n_heads=N_HEADS, n_kv_heads=2, head_dim=HEAD_DIM, rope_theta=500.0, qkv_bias=True,
+              out_bias=True)
+# Calls of (row 0, row 1) tokens: ragged prefill, a chunk from different starts, decode steps.
+SCHEDULE, WIDTH = [[5, 2], [3, 6], [1, 1], [1, 0]], 6
+
+
+def rms(z, weight, eps):
+    """float64 RMSNorm of z [..., Dh] over head_dim, times weight [Dh]."""
+    return z / np.sqrt(np.mean(z * z, axis=-1, keepdims=True) + eps) * weight
+
+
+def options_reference(block, params, x):
+    """One sequence x [T, D] from position 0, causal, with the block's use_rope and qk_norm
+    -> y [T, D] float64."""
+    p = float64(params)
+    q, k, v = qkv(p, x)
+    if block.qk_norm:
+        q, k = rms(q, p["q_norm"], block.qk_norm_eps), rms(k, p["k_norm"], block.qk_norm_eps)
+    positions = np.arange(len(x))
+    if block.use_rope:
+        q, k = rope(q, positions, block.rope_theta), rope(k, positions, block.rope_theta)
+    return output(p, attend(q, k, v, positions[:, None] >= positions[None, :]))
+
+
+def check_against_options_reference(block):
+    """Row b of random tokens fed on SCHEDULE gives the reference's outputs for its tokens."""
+    params = init_params(block, randomise="bqk")  # biases and the q/k norm weights off their init
+    lengths = np.sum(SCHEDULE, axis=0)
+    full = random_x(2, lengths.max(), seed=7)
+    ys, _, held = run(block, params, full, SCHEDULE, max_len=SLOTS, width=WIDTH)
+    np.testing.assert_array_equal(held, lengths)
+    for b, n in enumerate(lengths):
+        assert_close(ys[b, :n], options_reference(block, params, full[b, :n]))
+
+
+@pytest.mark.parametrize("options", list(OPTIONS), ids=list(OPTIONS))
+def test_options_match_reference(options):
+    check_against_options_reference(chimera.Attention(**FIELDS, **OPTIONS[options]))
+
+
+# Each variant sized so that every earlier token stays visible: then it is full causal attention.
+VARIANTS = {
+    "sliding_window": lambda **f: SlidingWindowAttention(**f, window=SLOTS),
+    "sink_attention": lambda **f: SinkAttention(**f, window=8, n_sinks=4),  # rope_positions "cache"
+    "h2o": lambda **f: H2OAttention(**f, budget=SLOTS, recent=4),
+    "block_sparse": lambda **f: BlockSparseAttention(**f, block_size=4, local_blocks=SLOTS),
+}
+
+
+@pytest.mark.parametrize("options", ["qk_norm", "qk_norm_no_rope"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variants_inherit_the_options(variant, options):
+    check_against_options_reference(VARIANTS[variant](**FIELDS, **OPTIONS[options]))
+
+
+def test_without_rope_the_order_of_earlier_tokens_does_not_matter():
+    """No positional encoding: the newest token's output is a function of the set of tokens
+    before it. With RoPE the order shows (the check can tell them apart)."""
+    x = random_x(1, 7, seed=8)
+    shuffled = np.concatenate([x[:, [3, 0, 5, 1, 4, 2]], x[:, 6:]], axis=1)
+    ctx = context([0], [7], 7)
+
+    def newest(block, tokens):
+        params = init_params(block)
+        y, _ = block(params, jnp.asarray(tokens), block.init_state(1, 7, jnp.float32), ctx)
+        return np.asarray(y[0, -1], np.float64)
+
+    no_rope = chimera.Attention(**FIELDS, use_rope=False)
+    assert_close(newest(no_rope, shuffled), newest(no_rope, x))
+    with_rope = chimera.Attention(**FIELDS)
+    assert np.abs(newest(with_rope, shuffled) - newest(with_rope, x)).max() > 1e-3
+
+
+def test_qk_norm_params_and_axes():
+    block = chimera.Attention(**FIELDS, qk_norm=True)
+    params = block.init(jax.random.key(0))
+    for name in ("q_norm", "k_norm"):
+        np.testing.assert_array_equal(params[name], np.ones(HEAD_DIM))  # the identity scale, as transformers
+    axes = block.param_axes()
+    assert set(axes) == set(params) and all(len(axes[name]) == params[name].ndim for name in params)
+    assert axes["q_norm"] == axes["k_norm"] == ("head_dim",)
+    assert "q_norm" not in chimera.Attention(**FIELDS).init(jax.random.key(0))
+
+
+def test_option_config_errors():
+    """Through a config, so the message names the field's path."""
+    def config(**attn):
+        return {"name": "t", "vocab_size": 16, "d_model": D_MODEL, "n_layers": 1, "layers": [{"mixer": "attn"}],
+                "mixers": {"attn": {"kind": "attention", "n_heads": N_HEADS, "head_dim": HEAD_DIM, **attn}}}
+
+    with pytest.raises(chimera.ConfigError, match=r"^mixers\.attn\.rope_scaling: is set but use_rope is false"):
+        chimera.ModelConfig.from_dict(config(use_rope=False, rope_scaling={"type": "linear", "factor": 2.0}))
+    with pytest.raises(chimera.ConfigError, match=r"^mixers\.attn\.qk_norm_eps: must be positive"):
+        chimera.ModelConfig.from_dict(config(qk_norm=True, qk_norm_eps=0.0))
+    with pytest.raises(chimera.ConfigError, match=r"^mixers\.attn\.head_dim: must be even for RoPE"):
+        chimera.ModelConfig.from_dict(config(head_dim=7))
+    # Without RoPE nothing pairs dimensions: an odd head_dim is fine.
+    assert chimera.ModelConfig.from_dict(config(head_dim=7, use_rope=False)).mixer_blocks["attn"].head_dim == 7
