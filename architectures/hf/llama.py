@@ -113,12 +113,18 @@ register_converter("llama")((llama_config, llama_params))
 def to_hf_config(config: ModelConfig) -> dict:
     """The transformers `LlamaConfig` fields for a single-attention-kind, single-MLP config
     (the inverse of `llama_config`; used to build reference models for benchmarks)."""
-    if len(config.mixer_blocks) != 1 or len(config.ffn_blocks) != 1:
+    if len(config.mixer_blocks) != 1 or len(config.ffn_blocks) != 1 or config.first_layers:
         raise ValueError(f"{config.name}: only a uniform attention + mlp stack has a Llama equivalent")
     (attn,), (mlp,) = config.mixer_blocks.values(), config.ffn_blocks.values()
-    if not isinstance(attn, Attention) or attn.qkv_bias != attn.out_bias or mlp.activation != "silu":
-        raise ValueError(f"{config.name}: only attention (all or no biases) + SiLU mlp layers have a "
-                         f"Llama equivalent")
+    # Exact types: a subclass (a window, sinks, ...) attends differently.
+    plain_blocks = (type(attn) is Attention and type(mlp) is GatedMLP and attn.use_rope and not attn.qk_norm
+                    and attn.scale is None and attn.softcap is None and not attn.learned_sinks
+                    and attn.qkv_bias == attn.out_bias and mlp.activation == "silu")
+    plain_model = (config.norm == "rmsnorm" and not (config.post_norms or config.embed_norm or config.scale_embeddings)
+                   and config.final_logit_softcap is None)
+    if not (plain_blocks and plain_model):
+        raise ValueError(f"{config.name}: only RMSNorm, RoPE attention (all or no biases, no q/k norm, soft-cap, "
+                         f"sinks or custom scale) + SiLU mlp layers have a Llama equivalent")
     rope = {"rope_type": "default", "rope_theta": attn.rope_theta}
     if attn.rope_scaling is not None:
         rope |= attn.rope_scaling.parameters()

@@ -20,6 +20,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 
 import chimera  # noqa: E402
 import hf_parity  # noqa: E402
+from chimera.architectures.hf.llama import to_hf_config  # noqa: E402
 from hf_parity import TOL, check_greedy, check_incremental, hf_logits, rel_err, edit_config  # noqa: E402
 VOCAB, T = 128, 40
 
@@ -199,3 +200,18 @@ def test_unused_tensor_is_refused(gqa_copy):
     save_file(tensors, path, metadata={"format": "pt"})
     with pytest.raises(ValueError, match="q_norm"):
         chimera.from_hf(gqa_copy)
+
+
+@pytest.mark.parametrize("preset", ["mistral-tiny", "local-global-tiny", "rwkv7-tiny", "mixtral-tiny"])
+def test_to_hf_config_refuses_what_llama_cannot_express(preset):
+    with pytest.raises(ValueError, match="Llama equivalent"):
+        to_hf_config(chimera.load_config(preset))
+
+
+def test_to_hf_config_refuses_attention_options():
+    cfg = chimera.load_config("llama-tiny").to_dict()
+    for change in ({"qk_norm": True}, {"use_rope": False}, {"softcap": 30.0}):
+        edited = {**cfg, "mixers": {"attn": {**cfg["mixers"]["attn"], **change}}}
+        with pytest.raises(ValueError, match="Llama equivalent"):
+            to_hf_config(chimera.ModelConfig.from_dict(edited))
+    assert to_hf_config(chimera.load_config("llama-tiny"))["num_key_value_heads"] == 2
