@@ -118,7 +118,7 @@ def to_hf_config(config: ModelConfig) -> dict:
     (attn,), (mlp,) = config.mixer_blocks.values(), config.ffn_blocks.values()
     # Exact types: a subclass (a window, sinks, ...) attends differently.
     plain_blocks = (type(attn) is Attention and type(mlp) is GatedMLP and attn.use_rope and not attn.qk_norm
-                    and attn.scale is None and attn.softcap is None and not attn.learned_sinks
+                    and attn.scale == attn.head_dim ** -0.5 and attn.softcap is None and not attn.learned_sinks
                     and attn.qkv_bias == attn.out_bias and mlp.activation == "silu")
     plain_model = (config.norm == "rmsnorm" and not (config.post_norms or config.embed_norm or config.scale_embeddings)
                    and config.final_logit_softcap is None)
