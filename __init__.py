@@ -23,9 +23,10 @@ from chimera.runtime.sampling import Sampling
 from chimera.runtime.engine import Engine, Generation
 from chimera.architectures.hf import from_hf
 from chimera.sharding.mesh import make_mesh
+from chimera.architectures.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = [
     "Attention", "BlockSparseAttention", "ConfigError", "H2OAttention", "MLA", "SinkAttention", "SlidingWindowAttention", "Context", "DecodeState", "Engine", "GatedMLP", "MoE", "Generation", "Mamba", "Mamba2", "Model", "RWKV7", "RWKV7ChannelMix",
-    "ModelConfig", "Sampling", "build", "from_hf", "list_presets", "load_config", "make_mesh",
-    "register_ffn", "register_mixer",
+    "ModelConfig", "Sampling", "build", "from_hf", "list_presets", "load_checkpoint", "load_config", "make_mesh",
+    "register_ffn", "register_mixer", "save_checkpoint",
 ]

@@ -56,9 +56,10 @@ def _timed(fn):
 
 
 def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: int, repeats: int,
-                seed: int = 0, prefill_chunk: int = 2048) -> BenchResult:
+                seed: int = 0, prefill_chunk: int = 2048, mesh=None) -> BenchResult:
     model = build(config)
-    engine = Engine(model, params, max_batch=batch, max_len=prompt_len + gen, prefill_chunk=prefill_chunk)
+    engine = Engine(model, params, max_batch=batch, max_len=prompt_len + gen, prefill_chunk=prefill_chunk,
+                    mesh=mesh)
     rng = np.random.default_rng(seed)
     tokens = np.zeros((batch, engine.pad_width(prompt_len)), np.int32)
     tokens[:, :prompt_len] = rng.integers(0, config.vocab_size, (batch, prompt_len), dtype=np.int32)
@@ -91,7 +92,10 @@ def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: i
     prefill_s = statistics.median(prefill_times)
     step_s = statistics.median(decode_times) / (gen - 1)  # the loop runs gen-1 steps after prefill's token
 
+    # With a mesh the peaks are those of all its devices: MBU and MFU are then per device.
+    n_devices = 1 if mesh is None else mesh.size
     bandwidth, flop_rate = device_peaks(jax.devices()[0])
+    bandwidth, flop_rate = bandwidth and bandwidth * n_devices, flop_rate and flop_rate * n_devices
     step_bytes = costs.decode_bytes_per_step(model, batch, prompt_len + gen // 2)
     flops = costs.prefill_flops(model, batch, prompt_len)
     return BenchResult(
@@ -110,9 +114,11 @@ def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: i
 
 
 def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: int, repeats: int = 5,
-        seed: int = 0, prefill_chunk: int = 2048) -> dict:
+        seed: int = 0, prefill_chunk: int = 2048, mesh=None) -> dict:
     """Benchmark `config` at each (prompt length, batch size); returns a JSON-ready report.
-    A prompt length is the context already cached when decoding starts."""
+    A prompt length is the context already cached when decoding starts. With a mesh the
+    Engine shards over it, and MBU/MFU are per device (bytes or FLOPs over all its devices'
+    peaks)."""
     if min(prompt_lens) < 1 or gen < 2:
         raise ValueError(f"need prompt lengths >= 1 and gen >= 2, got {prompt_lens} and {gen}")
     model = build(config)
@@ -120,14 +126,15 @@ def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: in
     params = model.init(jax.random.key(seed))
     device = jax.devices()[0]
     bandwidth, flop_rate = device_peaks(device)
-    results = [bench_batch(config, params, b, n, gen, repeats, seed, prefill_chunk)
+    results = [bench_batch(config, params, b, n, gen, repeats, seed, prefill_chunk, mesh)
                for n in prompt_lens for b in batches]
     return {
         "config": config.name,
         "dtype": config.dtype,
         "param_bytes": costs.param_bytes(model),
         "device": device.device_kind,
-        "n_devices": jax.device_count(),
+        "n_devices": 1 if mesh is None else mesh.size,
+        "mesh": None if mesh is None else dict(mesh.shape),
         "peak_bandwidth_bytes_s": bandwidth,
         "peak_flop_s": flop_rate,
         "jax_version": jax.__version__,
@@ -141,8 +148,11 @@ def format_report(report: dict) -> str:
     bandwidth = report["peak_bandwidth_bytes_s"]
     peak = (f"peak {bandwidth / 1e12:.2f} TB/s, {report['peak_flop_s'] / 1e12:.0f} TFLOP/s bf16"
             if bandwidth else "peak bandwidth and FLOP/s unknown for this device: no MBU/MFU")
+    mesh = report.get("mesh")
+    where = report["device"] if not mesh else (f"{report['n_devices']} x {report['device']}, mesh "
+                                               f"{', '.join(f'{k}={v}' for k, v in mesh.items())}, MBU/MFU per device")
     lines = [f"{report['config']} ({report['dtype']}, {report['param_bytes'] / 1e9:.4g} GB of weights) on "
-             f"{report['device']}; jax {report['jax_version']}; {peak}",
+             f"{where}; jax {report['jax_version']}; {peak}",
              f"{'context':>7} {'batch':>5} {'prefill ms':>11} {'decode ms/step':>15} {'tok/s':>9} {'GB/step':>8} "
              f"{'GB/s':>8} {'MBU':>6} {'TFLOP/s':>8} {'MFU':>6} {'compile s':>9}"]
     pct = lambda x: f"{100 * x:5.1f}%" if x is not None else "   n/a"  # noqa: E731

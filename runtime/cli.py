@@ -1,9 +1,10 @@
-"""The `chimera` command: generate, bench, compare, presets."""
+"""The `chimera` command: generate, bench, compare, convert, presets."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,20 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def mesh_sizes(text: str) -> dict[str, int]:
+    """'tensor=2' or 'data=2,expert=4' -> {axis: size} for make_mesh."""
+    sizes = {}
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        axis, _, size = item.partition("=")
+        if axis.strip() not in ("data", "expert", "tensor") or not size.strip().isdigit() or int(size) < 1:
+            raise argparse.ArgumentTypeError(f"{item!r} in {text!r}: expected AXIS=N with AXIS data, expert or "
+                                             f"tensor and N >= 1, e.g. tensor=2 or data=2,expert=4")
+        sizes[axis.strip()] = int(size)
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"no mesh axes in {text!r}")
+    return sizes
 
 
 def config_from(args):
@@ -96,8 +111,15 @@ def cmd_bench(args) -> int:
     from chimera.runtime import bench
     config = config_from(args)
     prompt_lens = args.context or [args.prompt_len]
+    mesh = None
+    if args.mesh:  # over the first data x expert x tensor devices
+        from chimera.sharding.mesh import make_mesh
+        n_devices = math.prod(args.mesh.values())
+        if n_devices > jax.device_count():
+            raise ValueError(f"--mesh needs {n_devices} devices, {jax.device_count()} are available")
+        mesh = make_mesh(**args.mesh, devices=jax.devices()[:n_devices])
     report = bench.run(config, args.batch, prompt_lens, args.gen, repeats=args.repeats, seed=args.seed,
-                       prefill_chunk=args.prefill_chunk)
+                       prefill_chunk=args.prefill_chunk, mesh=mesh)
     print(bench.format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -126,6 +148,16 @@ def cmd_compare(args) -> int:
     Console(width=None if sys.stdout.isatty() else 200).print(report.table(result))
     paths = report.write(result, Path(args.out))
     print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from chimera.architectures.checkpoint import save_checkpoint
+    from chimera.architectures.hf import from_hf
+    model, params = from_hf(args.hf, dtype=args.dtype)
+    save_checkpoint(args.out, model, params)
+    n_params = sum(leaf.size for leaf in jax.tree.leaves(params))
+    print(f"wrote {args.out}: {model.config.name}, {n_params:,} parameters in {args.dtype}", file=sys.stderr)
     return 0
 
 
@@ -175,6 +207,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=positive_int, default=5)
     bench.add_argument("--prefill-chunk", type=positive_int, default=2048,
                        help="prompt tokens per prefill call and row (a power of two; bounds prefill memory)")
+    bench.add_argument("--mesh", type=mesh_sizes,
+                       help="shard over a mesh of the first devices, e.g. tensor=2 or expert=2 or data=2,tensor=4 "
+                            "(MBU and MFU are then per device)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--json", help="also write the report to this JSON file")
     bench.set_defaults(run=cmd_bench)
@@ -203,6 +238,17 @@ def parser() -> argparse.ArgumentParser:
     comp.add_argument("--repeats", type=positive_int, default=2, help="timed runs per measurement (median)")
     comp.add_argument("--seed", type=int, default=0)
     comp.set_defaults(run=cmd_compare)
+
+    convert = commands.add_parser("convert", help="convert a Hugging Face folder to an Orbax checkpoint",
+                                  description="Import a Hugging Face folder (config.json + *.safetensors) and "
+                                              "write it as a chimera checkpoint: config.yaml, the params "
+                                              "(Orbax) and tokenizer.json. chimera.load_checkpoint(CKPT, mesh) "
+                                              "reads it straight into a mesh's shardings.")
+    convert.add_argument("--hf", required=True, help="a Hugging Face folder (config.json + *.safetensors)")
+    convert.add_argument("--out", required=True, help="the checkpoint folder to write (must not exist)")
+    convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                         help="the params' dtype (default float32)")
+    convert.set_defaults(run=cmd_convert)
 
     presets = commands.add_parser("presets", help="list the bundled presets")
     presets.set_defaults(run=cmd_presets)

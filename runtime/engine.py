@@ -6,22 +6,30 @@ decode loop (`lax.while_loop`, stop checks on the device). Both donate the decod
 which XLA then updates in place. Shapes are bucketed to powers of two so a new prompt
 length rarely recompiles; the cache is sized to what the request needs (at most
 `max_len`), so a step reads no more cache than necessary.
+
+With a mesh (`Engine(mesh=chimera.make_mesh(...))`) the params and the decode state are laid
+out by the blocks' logical axes (sharding/rules.py: heads, MLP hidden, SSM channels over
+`tensor`, experts over `expert`, sequences over `data` x `expert`); the programs are jitted
+with those in/out shardings and traced under the mesh, and the batch is padded to a
+multiple of the mesh's batch shards. The results equal the single-device ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from chimera.runtime.model import Model
 from chimera.runtime.sampling import Sampling, sample
 from chimera.runtime.state import DecodeState
+from chimera.sharding.placement import fetch, place, place_array
+from chimera.sharding.shardings import batch_shards, batch_sharding, param_shardings, replicated, state_shardings
 
 STOP_SLOTS = 8  # stop-token lists are padded to a multiple of this, so their count rarely recompiles
 
@@ -32,6 +40,14 @@ class Generation:
     finish_reason: "stop" (a stop token was generated) or "length" (max_new_tokens reached)."""
     tokens: list[int]
     finish_reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """The jitted programs for one (batch, cache length): see Engine.new_state/prefill/decode."""
+    new_state: Callable
+    prefill: Callable
+    decode: Callable
 
 
 def bucket(n: int, minimum: int, cap: int | None = None) -> int:
@@ -54,27 +70,69 @@ class Engine:
         self.max_batch = max_batch
         self.max_len = max_len
         self.mesh = mesh
-        # With a mesh, params are replicated on it for now; sharded placement by the
-        # blocks' param_axes belongs to the sharding module.
-        self.params = jax.device_put(params, NamedSharding(mesh, PartitionSpec())) if mesh is not None else params
+        self._programs: dict[tuple[int, int], Programs] = {}
+        # With a mesh each leaf is split by its block's logical axes (sharding/rules.py).
+        self.param_shardings = None if mesh is None else param_shardings(model, mesh)
+        self.params = params if mesh is None else place(params, self.param_shardings)
 
     # --- device programs ---
 
-    @functools.cached_property
-    def new_state(self):
-        """(batch, cache_len) -> an empty DecodeState, allocated on the device."""
-        return jax.jit(self.model.init_state, static_argnums=(0, 1))
+    def programs(self, batch: int, cache_len: int) -> Programs:
+        """The jitted programs for a state of `batch` rows and `cache_len` slots. With a mesh
+        their inputs and outputs are pinned to the shardings (the state's in == out, so the
+        donated buffers alias), and they are traced under the mesh, where the MoE block goes
+        expert-parallel."""
+        key = (batch, cache_len)
+        if key not in self._programs:
+            self._programs[key] = self._compile(batch, cache_len)
+        return self._programs[key]
 
-    @functools.cached_property
-    def prefill(self):
+    def _compile(self, batch: int, cache_len: int) -> Programs:
+        # Static arguments are positional (trailing): jit takes no keyword arguments with in_shardings.
+        new_state = functools.partial(self.model.init_state, batch, cache_len)
+        prefill = functools.partial(jax.jit, self._prefill, static_argnums=(7,), donate_argnums=(1,))
+        decode = functools.partial(jax.jit, self._decode, static_argnums=(8, 9), donate_argnums=(1,))
+        if self.mesh is None:
+            return Programs(new_state=jax.jit(new_state), prefill=prefill(), decode=decode())
+        state = state_shardings(self.model, self.mesh, batch, cache_len)
+        rows, whole = batch_sharding(self.mesh, batch), replicated(self.mesh)
+        return Programs(
+            new_state=jax.jit(new_state, out_shardings=state),
+            prefill=prefill(in_shardings=(self.param_shardings, state, rows, rows, rows, rows, whole),
+                            out_shardings=(state, rows)),
+            # the tokens come out replicated: every process reads them whole
+            decode=decode(in_shardings=(self.param_shardings, state, rows, rows, rows, whole, whole, whole),
+                          out_shardings=(whole, whole, whole, state)))
+
+    def on_mesh(self):
+        """The context the programs run (and are traced) in."""
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+    def put(self, x, per_row: bool):
+        """A host input laid out for the mesh: split over the batch (per_row) or replicated."""
+        if self.mesh is None:
+            return x
+        return place_array(x, batch_sharding(self.mesh, np.shape(x)[0]) if per_row else replicated(self.mesh))
+
+    def new_state(self, batch: int, cache_len: int) -> DecodeState:
+        """An empty DecodeState allocated on the device(s)."""
+        with self.on_mesh():
+            return self.programs(batch, cache_len).new_state()
+
+    def _prefill(self, params, state, tokens, lengths, first, row_ids, seed, sampling: Sampling):
+        logits, state = self.model.extend_unchecked(params, state, tokens, lengths)
+        sampled = sample(logits, row_keys(seed, row_ids, 0), sampling)
+        return state, jnp.where(lengths > 0, sampled, first)
+
+    def prefill(self, params, state, tokens, lengths, first, row_ids, seed, *, sampling: Sampling):
         """(params, state, tokens [B,C], lengths [B], first [B], row_ids [B], seed; sampling) -> (state, first).
         Appends one chunk of the prompts; a row that appended tokens gets a freshly sampled first
         token (the last chunk a row appends to decides it), the others keep theirs."""
-        def prefill(params, state, tokens, lengths, first, row_ids, seed, *, sampling: Sampling):
-            logits, state = self.model.extend_unchecked(params, state, tokens, lengths)
-            sampled = sample(logits, row_keys(seed, row_ids, 0), sampling)
-            return state, jnp.where(lengths > 0, sampled, first)
-        return jax.jit(prefill, static_argnames=("sampling",), donate_argnames=("state",))
+        program = self.programs(state.batch_size, state.max_len).prefill
+        tokens, lengths, first, row_ids = (self.put(x, per_row=True) for x in (tokens, lengths, first, row_ids))
+        seed = self.put(seed, per_row=False)
+        with self.on_mesh():
+            return program(params, state, tokens, lengths, first, row_ids, seed, sampling)
 
     def prefill_prompts(self, tokens: np.ndarray, lengths: np.ndarray, cache_len: int, row_ids, seed,
                         sampling: Sampling):
@@ -83,7 +141,7 @@ class Engine:
         batch, width = tokens.shape
         chunk = min(width, self.prefill_chunk)
         state = self.new_state(batch, cache_len)
-        first = jnp.zeros((batch,), jnp.int32)
+        first = np.zeros((batch,), np.int32)
         for start in range(0, width, chunk):
             chunk_lengths = np.clip(lengths - start, 0, chunk).astype(np.int32)
             state, first = self.prefill(self.params, state, tokens[:, start:start + chunk], chunk_lengths, first,
@@ -101,39 +159,44 @@ class Engine:
             return bucket(longest, 16)
         return -(-longest // self.prefill_chunk) * self.prefill_chunk
 
-    @functools.cached_property
-    def decode(self):
+    def decode(self, params, state: DecodeState, first, active, row_ids, seed, stop_tokens, max_new,
+               *, out_len: int, sampling: Sampling):
         """(params, state, first [B], active [B], row_ids [B], seed, stop [S], max_new; out_len, sampling)
         -> (tokens [B, out_len], counts [B], stopped [B], final state). Donating the state
         lets XLA update the cache in place; the final state is returned so its buffers alias."""
-        def decode(params, state: DecodeState, first, active, row_ids, seed, stop_tokens, max_new,
-                   *, out_len: int, sampling: Sampling):
-            out = jnp.full((first.shape[0], out_len), -1, jnp.int32).at[:, 0].set(first)
-            counts = active.astype(jnp.int32)
-            stopped = active & jnp.isin(first, stop_tokens)
-            done = ~active | stopped | (counts >= max_new)
+        program = self.programs(state.batch_size, state.max_len).decode
+        first, active, row_ids = (self.put(x, per_row=True) for x in (first, active, row_ids))
+        seed, stop_tokens, max_new = (self.put(x, per_row=False) for x in (seed, stop_tokens, max_new))
+        with self.on_mesh():
+            return program(params, state, first, active, row_ids, seed, stop_tokens, max_new, out_len, sampling)
 
-            def keep_going(carry):
-                step, _, _, _, _, _, done = carry
-                return (step < max_new) & ~jnp.all(done)
+    def _decode(self, params, state: DecodeState, first, active, row_ids, seed, stop_tokens, max_new,
+                out_len: int, sampling: Sampling):
+        out = jnp.full((first.shape[0], out_len), -1, jnp.int32).at[:, 0].set(first)
+        counts = active.astype(jnp.int32)
+        stopped = active & jnp.isin(first, stop_tokens)
+        done = ~active | stopped | (counts >= max_new)
 
-            def step_fn(carry):
-                step, state, last, out, counts, stopped, done = carry
-                logits, state = self.model.extend_unchecked(
-                    params, state, last[:, None], jnp.where(done, 0, 1).astype(jnp.int32))
-                token = sample(logits, row_keys(seed, row_ids, step), sampling)
-                token = jnp.where(done, last, token)
-                out = out.at[:, step].set(jnp.where(done, out[:, step], token))
-                counts = counts + (~done).astype(jnp.int32)
-                hit_stop = ~done & jnp.isin(token, stop_tokens)
-                stopped = stopped | hit_stop
-                done = done | hit_stop | (counts >= max_new)
-                return step + 1, state, token, out, counts, stopped, done
+        def keep_going(carry):
+            step, _, _, _, _, _, done = carry
+            return (step < max_new) & ~jnp.all(done)
 
-            carry = (jnp.int32(1), state, first, out, counts, stopped, done)
-            _, state, _, out, counts, stopped, _ = jax.lax.while_loop(keep_going, step_fn, carry)
-            return out, counts, stopped, state
-        return jax.jit(decode, static_argnames=("out_len", "sampling"), donate_argnames=("state",))
+        def step_fn(carry):
+            step, state, last, out, counts, stopped, done = carry
+            logits, state = self.model.extend_unchecked(
+                params, state, last[:, None], jnp.where(done, 0, 1).astype(jnp.int32))
+            token = sample(logits, row_keys(seed, row_ids, step), sampling)
+            token = jnp.where(done, last, token)
+            out = out.at[:, step].set(jnp.where(done, out[:, step], token))
+            counts = counts + (~done).astype(jnp.int32)
+            hit_stop = ~done & jnp.isin(token, stop_tokens)
+            stopped = stopped | hit_stop
+            done = done | hit_stop | (counts >= max_new)
+            return step + 1, state, token, out, counts, stopped, done
+
+        carry = (jnp.int32(1), state, first, out, counts, stopped, done)
+        _, state, _, out, counts, stopped, _ = jax.lax.while_loop(keep_going, step_fn, carry)
+        return out, counts, stopped, state
 
     # --- the public API ---
 
@@ -143,6 +206,9 @@ class Engine:
         self._check(prompts, max_new_tokens, sampling, stop_tokens)
         n = len(prompts)
         batch = bucket(n, 1, self.max_batch)
+        if self.mesh is not None:  # padding rows (empty, inactive) let the mesh split the batch evenly
+            shards = batch_shards(self.mesh)
+            batch = -(-batch // shards) * shards
         longest = max(len(p) for p in prompts)
         tokens = np.zeros((batch, self.pad_width(longest)), np.int32)
         lengths = np.zeros((batch,), np.int32)
@@ -153,14 +219,14 @@ class Engine:
         stop = np.full((bucket(len(stop_tokens), STOP_SLOTS),), -1, np.int32)
         stop[:len(stop_tokens)] = list(stop_tokens)
         static = dataclasses.replace(sampling, seed=0)  # the seed is traced, not compiled in
-        row_ids = jnp.arange(batch, dtype=jnp.int32)
-        seed = jnp.int32(sampling.seed)
+        row_ids = np.arange(batch, dtype=np.int32)
+        seed = np.int32(sampling.seed)
 
         state, first = self.prefill_prompts(tokens, lengths, cache_len, row_ids, seed, static)
-        out, counts, stopped, _ = self.decode(self.params, state, first, jnp.asarray(lengths > 0), row_ids, seed,
-                                           jnp.asarray(stop), jnp.int32(max_new_tokens),
-                                           out_len=bucket(max_new_tokens, 16), sampling=static)
-        out, counts, stopped = jax.device_get((out, counts, stopped))
+        out, counts, stopped, _ = self.decode(self.params, state, first, lengths > 0, row_ids, seed, stop,
+                                              np.int32(max_new_tokens), out_len=bucket(max_new_tokens, 16),
+                                              sampling=static)
+        out, counts, stopped = (fetch(x) for x in (out, counts, stopped))
         return [Generation(tokens=out[i, :counts[i]].tolist(), finish_reason="stop" if stopped[i] else "length")
                 for i in range(n)]
 
