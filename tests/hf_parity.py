@@ -106,3 +106,20 @@ def edit_config(folder, **changes):
         else:
             hf[key] = value
     path.write_text(json.dumps(hf))
+
+
+def tiny_llama_folder(folder, words):
+    """A random 1-layer LlamaForCausalLM (vocab 32) saved to `folder` with a whitespace-split
+    word-level tokenizer.json over `words` ("[UNK]" first); returns the tokenizer."""
+    import transformers  # noqa: PLC0415
+    from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: PLC0415
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, bos_token_id=None,
+                                      eos_token_id=None, pad_token_id=None)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", *words])}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return tokenizer
+

@@ -8,6 +8,7 @@ import pytest
 import chimera
 from chimera.runtime.cli import main
 from chimera.sharding.shardings import param_shardings
+import hf_parity
 from sharding_cases import random_params
 
 
@@ -64,17 +65,8 @@ def test_refusals(tmp_path):
 
 def test_convert_hf_folder(tmp_path):
     """`chimera convert --hf DIR --out CKPT`: the checkpoint holds from_hf's params, config and tokenizer."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1, bos_token_id=None,
-                                      eos_token_id=None, pad_token_id=None)
     folder = tmp_path / "hf"
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1}, unk_token="[UNK]"))
-    tokenizer.save(str(folder / "tokenizer.json"))
+    hf_parity.tiny_llama_folder(folder, ["hello"])
 
     assert main(["convert", "--hf", str(folder), "--out", str(tmp_path / "ckpt"), "--dtype", "bfloat16"]) == 0
     model, params = chimera.from_hf(folder, dtype="bfloat16")

@@ -10,6 +10,7 @@ import chimera
 from chimera.runtime.cli import main
 from chimera.runtime.engine import Engine
 from chimera.runtime.tokenizer import ByteTokenizer
+import hf_parity
 
 
 def test_generate_matches_engine(capsys):
@@ -38,18 +39,7 @@ def test_generate_text_output_and_sampling(capsys):
 
 def test_generate_from_hf_folder(tmp_path, capsys):
     """--hf uses the folder's weights and its tokenizer.json."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1, bos_token_id=None,
-                                      eos_token_id=None, pad_token_id=None)
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
-    vocab = {w: i for i, w in enumerate(["[UNK]", "hello", "world"] + [f"w{i}" for i in range(29)])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    tokenizer = hf_parity.tiny_llama_folder(tmp_path, ["hello", "world"] + [f"w{i}" for i in range(29)])
 
     assert main(["generate", "--hf", str(tmp_path), "--prompt", "hello world", "--max-new-tokens", "4",
                  "--json"]) == 0
