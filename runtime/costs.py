@@ -32,22 +32,21 @@ def param_bytes(model: Model) -> int:
     return tree_bytes(param_shapes(model))
 
 
-def mixer_state_bytes(mixer, context: int, dtype) -> int:
+def block_state_bytes(block, context: int, dtype) -> int:
     """Decode-state bytes of one sequence holding `context` tokens (a mixer or a stateful ffn)."""
-    if hasattr(mixer, "state_bytes"):
-        return mixer.state_bytes(context, dtype)
-    return tree_bytes(jax.eval_shape(lambda: mixer.init_state(1, max(context, 1), dtype)))
+    if hasattr(block, "state_bytes"):
+        return block.state_bytes(context, dtype)
+    return tree_bytes(jax.eval_shape(lambda: block.init_state(1, max(context, 1), dtype)))
 
 
 def state_blocks(model: Model) -> list:
     """Every block that carries decode state: each layer's mixer and its stateful ffn."""
-    return [block for mixer, ffn in model.blocks for block in (mixer, ffn)
-            if block is mixer or is_stateful(block)]
+    return [mixer for mixer, _ in model.blocks] + [ffn for _, ffn in model.blocks if is_stateful(ffn)]
 
 
 def state_bytes(model: Model, context: int) -> int:
     """Decode-state bytes per sequence at `context` tokens, summed over layers."""
-    return sum(mixer_state_bytes(block, context, model.dtype) for block in state_blocks(model))
+    return sum(block_state_bytes(block, context, model.dtype) for block in state_blocks(model))
 
 
 def decode_bytes_per_step(model: Model, batch: int, context: int) -> int:
@@ -69,7 +68,7 @@ def decode_bytes_per_step(model: Model, batch: int, context: int) -> int:
         if hasattr(block, "decode_bytes"):
             per_sequence += block.decode_bytes(context, model.dtype)
         else:
-            per_sequence += 2 * mixer_state_bytes(block, context, model.dtype)
+            per_sequence += 2 * block_state_bytes(block, context, model.dtype)
     return weights + batch * per_sequence
 
 

@@ -151,7 +151,7 @@ class RWKV7:
     def context_needs(self) -> tuple[str, ...]:
         return () if self.value_lora is None else ("first_values",)
 
-    def lora_shapes(self) -> dict[str, tuple[int, int]]:
+    def lora_ranks(self) -> dict[str, int]:
         loras = {"decay": self.decay_lora, "iclr": self.iclr_lora, "gate": self.gate_lora}
         if self.value_lora is not None:
             loras["value"] = self.value_lora
@@ -169,7 +169,7 @@ class RWKV7:
             "bonus": normal((h, n), 0.1),
             "out_norm": {"weight": 1.0 + normal((d,), 0.1), "bias": normal((d,), 0.1)},
         }
-        for name, rank in self.lora_shapes().items():
+        for name, rank in self.lora_ranks().items():
             params[f"{name}_down"] = normal((d, rank), d ** -0.5)
             params[f"{name}_up"] = normal((rank, d), rank ** -0.5)
             if name != "gate":
@@ -186,7 +186,7 @@ class RWKV7:
             "key_norm_scale": ("embed",), "key_iclr_mix": ("embed",), "bonus": ("heads", "head_dim"),
             "out_norm": {"weight": ("embed",), "bias": ("embed",)},
         }
-        for name in self.lora_shapes():
+        for name in self.lora_ranks():
             axes[f"{name}_down"], axes[f"{name}_up"] = ("embed", None), (None, "embed")
             if name != "gate":
                 axes[f"{name}_bias"] = ("embed",)
@@ -208,11 +208,11 @@ class RWKV7:
 
     def flops_per_token(self, context: int) -> int:
         d = self.d_model
-        matmuls = 4 * d * d + sum(2 * d * rank for rank in self.lora_shapes().values())
+        matmuls = 4 * d * d + sum(2 * d * rank for rank in self.lora_ranks().values())
         return 2 * matmuls + 9 * self.n_heads * self.head_dim ** 2  # + the state update and read
 
     def __call__(self, params, x, state, ctx: Context):
-        batch, t_len, d = x.shape
+        batch, t_len, _ = x.shape
         h, n = self.n_heads, self.head_dim
         x_prev, new_shift = token_shift(x, state["shift"], ctx.valid)
         mixed = x[:, :, None] + (x_prev - x)[:, :, None] * params["shift_mix"]  # [B, T, 6, D]

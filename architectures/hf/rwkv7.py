@@ -82,7 +82,7 @@ def time_mix_params(ckpt: Checkpoint, prefix: str, mixer) -> dict:
         "bonus": ckpt.get(prefix + "r_k", lambda w: w.reshape(h, n)),
         "out_norm": layer_norm(ckpt, prefix + "g_norm"),
     }
-    for ours in mixer.lora_shapes():
+    for ours in mixer.lora_ranks():
         lora = f"{prefix}{LORAS[ours]}.lora."
         params[f"{ours}_down"] = ckpt.get(lora + "0.weight", lambda w: w.T)
         params[f"{ours}_up"] = ckpt.get(lora + "2.weight", lambda w: w.T)
