@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements in BENCHMARKS.md (run on the lent GPU from the repo root; $OUT receives JSON).
-#   bash benchmarks/gpu_runs.sh chimera|transformers|long-context|recurrent|rwkv7
+#   bash benchmarks/gpu_runs.sh chimera|transformers|long-context|recurrent|rwkv7|tp-latency
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -31,6 +31,21 @@ case "${1:-chimera}" in
     cli="python3 -m chimera.runtime.cli bench --dtype bfloat16 --gen 64 --repeats 3"
     $cli --config rwkv7-1.5b --batch 1,64 --context 1024 --json "$OUT/chimera-rwkv7-1.5b-1k.json"
     $cli --config rwkv7-1.5b --batch 1 --context 4096,32768 --json "$OUT/chimera-rwkv7-1.5b-long.json"
+    ;;
+  tp-latency)  # 2+ GPUs: per-all-reduce latency and llama-3-8b tensor=2 batch 1 under XLA command-buffer settings
+    nvidia-smi topo -m
+    graphs="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
+    for flags in "" "--xla_gpu_enable_command_buffer=$graphs,COLLECTIVES" \
+                 "--xla_gpu_enable_command_buffer=$graphs,COLLECTIVES,WHILE,CONDITIONAL" "--xla_gpu_enable_command_buffer="; do
+      XLA_FLAGS="$flags" python3 benchmarks/collective_latency.py --devices 2
+    done
+    for flags in "" "--xla_gpu_enable_command_buffer=$graphs,COLLECTIVES,WHILE,CONDITIONAL"; do
+      for mesh in "" "--mesh tensor=2"; do
+        echo "XLA_FLAGS=$flags $mesh"
+        XLA_FLAGS="$flags" python3 -m chimera.runtime.cli bench --config llama-3-8b --batch 1 --prompt-len 128 --gen 32 \
+          --dtype bfloat16 --repeats 2 $mesh
+      done
+    done
     ;;
   transformers)
     for cfg in llama-3.2-1b llama-3-8b; do

@@ -18,6 +18,7 @@ from chimera.architectures.config import ModelConfig
 from chimera.runtime.norm import NORMS
 from chimera.runtime.protocol import Context
 from chimera.runtime.state import DecodeState, empty_lengths
+from chimera.sharding.embedding import TABLE_AXES, lookup
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -95,7 +96,7 @@ class Model:
             if ffn is not None:
                 axes["ffn"] = block_axes(ffn, layer["ffn"])
             layers.append(axes)
-        axes = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": self.norm_axes()}
+        axes = {"embed": TABLE_AXES, "layers": layers, "final_norm": self.norm_axes()}
         if self.config.embed_norm:
             axes["embed_norm"] = self.norm_axes()
         if not self.config.tie_embeddings:
@@ -134,7 +135,7 @@ class Model:
         ctx = Context(positions=state.lengths[:, None] + steps,  # [B, T]
                       valid=steps[None, :] < lengths[:, None])  # [B, T]
 
-        x = params["embed"][tokens]  # [B, T, D]
+        x = lookup(params["embed"], tokens)  # [B, T, D]
         if cfg.scale_embeddings:  # in the weights' dtype, as Gemma rounds it
             x = x * jnp.asarray(cfg.d_model ** 0.5, x.dtype)
         if cfg.embed_norm:
