@@ -7,6 +7,7 @@ written in place at each token's absolute position; padding tokens are never wri
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ import numpy as np
 
 from chimera.architectures.config import ConfigError, require_positive
 from chimera.attention.core import grouped_logits, mix, probabilities
+from chimera.attention.decode_kernel import decode_attention, kernel_supports
 from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies, rope_attention_factor
 from chimera.runtime.norm import rms_norm
 from chimera.runtime.protocol import Context, register_mixer
@@ -41,6 +43,9 @@ class Attention:
     positional encoding: Jamba's attention layers, whose order comes from the Mamba layers).
     `qk_norm` RMS-normalises each head's q and k over head_dim (weights `q_norm`, `k_norm`
     [head_dim], epsilon `qk_norm_eps`) after the projections and before RoPE (Qwen3).
+    `decode_kernel` picks how a one-token decode step attends (see `use_decode_kernel`):
+    "auto" runs `decode_attention` (a Pallas kernel that reads only the filled slots) on a GPU,
+    "pallas" wherever it can (interpreted off GPU: slow, for tests), "xla" never.
 
     Variants (windowed, sinks, ...) subclass this: they share `project`, `output` and the
     parameters, and differ in their cache and mask.
@@ -59,6 +64,7 @@ class Attention:
     use_rope: bool = True
     qk_norm: bool = False
     qk_norm_eps: float = 1e-6
+    decode_kernel: Literal["auto", "pallas", "xla"] = "auto"
 
     def __post_init__(self):
         require_positive(self, "n_heads", "n_kv_heads", "head_dim", "rope_theta", "scale", "softcap",
@@ -78,6 +84,10 @@ class Attention:
             raise ConfigError("head_dim", f"must be even for RoPE, got {self.head_dim}")
         if not self.use_rope and self.rope_scaling is not None:
             raise ConfigError("rope_scaling", "is set but use_rope is false")
+        if self.decode_kernel not in ("auto", "pallas", "xla"):
+            raise ConfigError("decode_kernel", f"must be one of ['auto', 'pallas', 'xla'], got {self.decode_kernel!r}")
+        if self.decode_kernel == "pallas" and self.kernel_misfit() is not None:
+            raise ConfigError("decode_kernel", f"cannot be 'pallas': {self.kernel_misfit()}")
 
     @property
     def inv_freq(self) -> np.ndarray:
@@ -169,6 +179,41 @@ class Attention:
         Causal: every position up to the query's own. Variants with another pattern override this."""
         return slot_positions[None, None, :] <= positions[:, :, None]
 
+    def kernel_misfit(self) -> str | None:
+        """Why `decode_attention` cannot compute this block's decode step, or None if it can:
+        it computes `Attention`'s own causal softmax attention (a variant that overrides the
+        mask or the attention keeps the XLA path), without softcap or sinks."""
+        shared = ("__call__", "mask", "attend", "probabilities")
+        if any(getattr(type(self), name) is not getattr(Attention, name) for name in shared):
+            return f"{type(self).__name__} has its own mask or attention"
+        if self.softcap is not None or self.learned_sinks:
+            return "the kernel has no softcap or learned_sinks"
+        if not kernel_supports(self.head_dim):
+            return f"the kernel needs a power-of-2 head_dim >= 16, got {self.head_dim}"
+        return None
+
+    def use_decode_kernel(self, n_new: int) -> bool:
+        """Whether a call appending `n_new` tokens per row attends with `decode_attention`:
+        a one-token step of a block the kernel fits, on a GPU ("auto") or anywhere ("pallas").
+        Never when traced under a mesh: XLA's SPMD partitioner cannot split a pallas_call, so
+        the XLA path (which it can shard) runs there."""
+        if self.decode_kernel == "xla" or n_new != 1 or self.kernel_misfit() is not None:
+            return False
+        if not jax.sharding.get_abstract_mesh().empty:
+            return False
+        return self.decode_kernel == "pallas" or jax.default_backend() == "gpu"
+
+    def decode_attend(self, q, k_cache, v_cache, ctx: Context):
+        """q [B, 1, H, Dh] over the caches [B, S, Hkv, Dh] by `decode_attention` -> [B, 1, H, Dh].
+
+        A valid row at position p sees slots 0..p, as the causal mask lets it; a padding row
+        (output ignored) gets length 0, so it reads nothing and gives zeros."""
+        slots = k_cache.shape[1]
+        lengths = jnp.where(ctx.valid[:, 0], jnp.minimum(ctx.positions[:, 0] + 1, slots), 0)  # [B]
+        out = decode_attention(q[:, 0], k_cache, v_cache, lengths, scale=self.scale,
+                               interpret=jax.default_backend() != "gpu")  # [B, H, Dh]
+        return out[:, None]  # [B, 1, H, Dh]
+
     def output(self, params, attn):
         """attn [B, T, H, Dh] -> [B, T, D]."""
         y = jnp.einsum("bthk,hkd->btd", attn, params["wo"])
@@ -178,8 +223,11 @@ class Attention:
         q, k, v = self.project(params, x, ctx)
         k_cache = write_cache(state["k"], k, ctx)  # [B, S, Hkv, Dh]
         v_cache = write_cache(state["v"], v, ctx)
-        # Slot j holds position j; stale slots past a sequence's length are always ahead of
-        # its queries, so a causal mask hides them.
-        mask = self.mask(ctx.positions, jnp.arange(k_cache.shape[1]))  # [B, T, S]
-        out = self.attend(params, q, k_cache, v_cache, mask)  # [B, T, H, Dh]
+        if self.use_decode_kernel(x.shape[1]):
+            out = self.decode_attend(q, k_cache, v_cache, ctx)  # [B, 1, H, Dh]
+        else:
+            # Slot j holds position j; stale slots past a sequence's length are always ahead of
+            # its queries, so a causal mask hides them.
+            mask = self.mask(ctx.positions, jnp.arange(k_cache.shape[1]))  # [B, T, S]
+            out = self.attend(params, q, k_cache, v_cache, mask)  # [B, T, H, Dh]
         return self.output(params, out), {"k": k_cache, "v": v_cache}
