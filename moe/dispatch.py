@@ -6,11 +6,17 @@ A stable sort by expert orders each expert's rows by (slot, token).
 
 Dropless (`dropless`): every routed assignment is computed; the rows sorted by expert go
 through the experts as grouped matmuls, come back to slot-major order and are summed with
-the router weights. Two grouped matmuls, chosen by name:
+the router weights. Three grouped matmuls, chosen by name:
 - `ragged_dot`: `jax.lax.ragged_dot` with the per-expert group sizes;
 - `tiled`: each expert's rows padded to whole tiles of `tile_rows`, one tile at a time
   through its own expert's weights (`lax.scan`); tiles past the used ones are skipped;
-- `auto` (the default): `ragged_dot` below AUTO_TILED_ROWS rows, `tiled` from there. Measured on
+- `gather`: each row's expert's weights gathered ([M, D, F] for M rows) and one batched matmul
+  per row, so it reads M expert matrices (an expert two rows go to is read twice), not all E;
+- `auto` (the default), from static shapes: `gather` while M < E, since only then are M
+  gathered matrices fewer bytes than the E experts ragged_dot reads (on an H100 it read all 8
+  of Mixtral's for one token, BENCHMARKS.md). M counts every row, padding included: gather
+  reads a matrix for each (M = batch * top_k in a decode step).
+  From M = E on, `ragged_dot` below AUTO_TILED_ROWS rows and `tiled` from there. Measured on
   an H100 (BENCHMARKS.md, Mixtral's 8 x 4096 x 14336 experts, top 2): ragged_dot was faster
   at 2 to 1024 rows (1.2 vs 1.3 ms, 1.7 vs 5.5 ms, 4.1 vs 5.2 ms), tiled at 8192 rows
   (11.2 vs 29.8 ms); the switch sits between those sizes, where nothing was measured.
@@ -18,7 +24,8 @@ the router weights. Two grouped matmuls, chosen by name:
 Capacity (`capacity_keep`): expert e takes at most C = ceil(capacity_factor * n_valid * k / E)
 assignments (n_valid: valid tokens): the first C in (slot, token) order, i.e. all first
 choices before any second choice and, within a slot, earlier tokens (flattened [B, T] order)
-first. The rest are dropped and contribute zero; the kept ones run through `dropless`.
+first. The rest are dropped and contribute zero; the kept ones run through `dropless` (any
+grouped matmul: a dropped assignment is a row of no expert, as padding is).
 Padding tokens are never routed: they take no capacity and appear in no count.
 """
 
@@ -32,7 +39,7 @@ import jax.numpy as jnp
 
 from chimera.moe.mlp import ACTIVATIONS
 
-GroupedMatmul = Literal["auto", "ragged_dot", "tiled"]
+GroupedMatmul = Literal["auto", "ragged_dot", "tiled", "gather"]
 MAX_TILE_ROWS = 512
 AUTO_TILED_ROWS = 4096
 
@@ -83,6 +90,11 @@ def capacity_keep(ids, valid, n_experts: int, capacity_factor: float):
 
 # --- grouped gated MLPs: rows [M, D] sorted by expert, group_sizes [E] -> [M, D] ---
 
+def row_groups(group_sizes, n_rows: int):
+    """group_sizes [E] -> the group of each of n_rows rows sorted by group [M], E past the groups."""
+    return jnp.searchsorted(jnp.cumsum(group_sizes), jnp.arange(n_rows), side="right")
+
+
 def ragged_dot_mlp(rows, group_sizes, experts, activation: str):
     """Rows past sum(group_sizes) come out as garbage or zero; callers mask them."""
     gate = jax.lax.ragged_dot(rows, experts["w_gate"], group_sizes)  # [M, F]
@@ -109,7 +121,7 @@ def tiled_mlp(rows, group_sizes, experts, activation: str, tile_rows: int | None
     tile_end = jnp.cumsum(tiles_per_expert)  # [E]
     row_end = jnp.cumsum(group_sizes)  # [E]
     row = jnp.arange(n_rows)
-    expert = jnp.searchsorted(row_end, row, side="right")  # [M], E past the groups
+    expert = row_groups(group_sizes, n_rows)  # [M], E past the groups
     in_group = expert < n_experts  # [M]
     expert = jnp.minimum(expert, n_experts - 1)
     first_row, first_tile = (row_end - group_sizes)[expert], (tile_end - tiles_per_expert)[expert]  # [M]
@@ -136,13 +148,31 @@ def tiled_mlp(rows, group_sizes, experts, activation: str, tile_rows: int | None
     return jnp.take(out.reshape(n_tiles * tile, d_model), slot, axis=0, mode="fill", fill_value=0)  # [M, D]
 
 
-GROUPED_MLPS = {"ragged_dot": ragged_dot_mlp, "tiled": tiled_mlp}
+def gather_mlp(rows, group_sizes, experts, activation: str):
+    """Each row through its own gathered copy of its expert's weights (a batched matmul over
+    rows): M expert matrices read, not E. Rows past sum(group_sizes) go through the last
+    expert; callers mask them. Whether XLA fuses the gather into the matmul or writes the
+    copy first is the compiler's choice: benchmarks/moe_grouped_matmul.py times it."""
+    n_experts = group_sizes.shape[0]
+    expert = jnp.minimum(row_groups(group_sizes, rows.shape[0]), n_experts - 1)  # [M]
+    w_gate, w_up = experts["w_gate"][expert], experts["w_up"][expert]  # [M, D, F]
+    w_down = experts["w_down"][expert]  # [M, F, D]
+    gate = jnp.einsum("md,mdf->mf", rows, w_gate)  # [M, F]
+    up = jnp.einsum("md,mdf->mf", rows, w_up)  # [M, F]
+    return jnp.einsum("mf,mfd->md", ACTIVATIONS[activation](gate) * up, w_down)  # [M, D]
 
 
-def resolve(grouped_matmul: GroupedMatmul, n_rows: int) -> str:
-    """The grouped matmul that runs `n_rows` (static) assignment rows."""
+GROUPED_MLPS = {"ragged_dot": ragged_dot_mlp, "tiled": tiled_mlp, "gather": gather_mlp}
+
+
+def resolve(grouped_matmul: GroupedMatmul, n_rows: int, n_experts: int) -> str:
+    """The grouped matmul that runs `n_rows` (static) assignment rows through `n_experts`:
+    `auto` gathers while n_rows < n_experts (fewer matrices read than all experts), then
+    ragged_dot below AUTO_TILED_ROWS rows, tiled from there (the module docstring says why)."""
     if grouped_matmul != "auto":
         return grouped_matmul
+    if n_rows < n_experts:
+        return "gather"
     return "tiled" if n_rows >= AUTO_TILED_ROWS else "ragged_dot"
 
 
@@ -151,8 +181,8 @@ def expert_rows(rows, expert, experts, activation: str, grouped_matmul: GroupedM
     [M, D], zero for rows of no expert. experts: w_gate, w_up [E, D, F], w_down [E, F, D]."""
     n_experts = experts["w_gate"].shape[0]
     order, _, sizes = rank_in_group(expert, n_experts)  # [M], [E]
-    out_sorted = GROUPED_MLPS[resolve(grouped_matmul, rows.shape[0])](rows[order], sizes, experts,
-                                                                     activation)  # [M, D]
+    grouped_mlp = GROUPED_MLPS[resolve(grouped_matmul, rows.shape[0], n_experts)]
+    out_sorted = grouped_mlp(rows[order], sizes, experts, activation)  # [M, D]
     out = jnp.zeros_like(out_sorted).at[order].set(out_sorted)  # [M, D]
     return jnp.where((expert < n_experts)[:, None], out, 0)
 

@@ -48,7 +48,8 @@ class MoE:
     e_score_correction_bias); `routed_scaling_factor` multiplies the weights.
     n_shared_experts: always-on experts, run as one gated MLP of width `shared_d_ff`
     (default n_shared_experts * d_ff); `shared_expert_gate` scales it by sigmoid(x . g).
-    capacity_factor: None is dropless. grouped_matmul: `auto` | `ragged_dot` | `tiled` (dispatch.py).
+    capacity_factor: None is dropless. grouped_matmul: `auto` | `ragged_dot` | `tiled` | `gather`
+    (dispatch.py: auto gathers the routed experts' weights while tokens x top_k < n_experts).
     """
     d_model: int
     n_experts: int

@@ -63,18 +63,46 @@ def check_dropless(grouped_matmul, ids, weights, routed, seed=0, tile_rows=None)
     np.testing.assert_allclose(y, reference(x, ids, weights, routed, w), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("grouped_matmul", ["ragged_dot", "tiled"])
+GROUPED_MATMULS = ["ragged_dot", "tiled", "gather"]
+
+
+@pytest.mark.parametrize("grouped_matmul", GROUPED_MATMULS)
 def test_dropless_equals_every_expert_masked(grouped_matmul):
     ids, weights = routing(0)
     routed = np.random.default_rng(1).uniform(size=ids.shape) < 0.8  # some assignments not routed
     check_dropless(grouped_matmul, ids, weights, routed)
 
 
-@pytest.mark.parametrize("grouped_matmul", ["ragged_dot", "tiled"])
+@pytest.mark.parametrize("grouped_matmul", GROUPED_MATMULS)
 def test_dropless_all_to_one_expert(grouped_matmul):
     """The tiled layout's worst case: one expert gets every token."""
     ids, weights = routing(2, skew=3)
     check_dropless(grouped_matmul, ids, weights, np.ones(ids.shape, bool))
+
+
+# One program for all three: each compile costs about a second on a 2-core CPU.
+every_matmul = jax.jit(lambda *args: {name: dispatch.dropless(*args, "silu", name) for name in GROUPED_MATMULS})
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_decode_sizes_every_matmul_equals_reference(top_k):
+    """Decode steps: one token alone, and 1 to 5 valid tokens among 5 (the rest padding, never
+    routed, as a decode batch with idle rows): gather, ragged_dot and tiled each equal the
+    float64 reference, with two tokens routed to the same experts."""
+    w = experts(top_k)
+    cases = [(*routing(30, n=1, k=top_k), np.ones((1, top_k), bool))]
+    ids, weights = routing(31, n=5, k=top_k)
+    order = np.random.default_rng(32).permutation(5)  # valid tokens and padding interleaved
+    for n_valid in range(1, 6):
+        shared = ids.copy()
+        shared[order[n_valid - 1]] = ids[order[0], ::-1]  # the first token's experts again (n_valid > 1)
+        routed = np.broadcast_to(np.isin(np.arange(5), order[:n_valid])[:, None], ids.shape)  # [5, k]
+        cases.append((shared, weights, routed))
+    for ids, weights, routed in cases:
+        x = np.random.default_rng(len(ids)).normal(size=(len(ids), D)).astype(np.float32)
+        want = reference(x, ids, weights, routed, w)
+        for name, y in every_matmul(x, ids, weights, routed, as_jax(w)).items():
+            np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("tile_rows", [1, 3, 64])
@@ -84,10 +112,10 @@ def test_tiled_any_tile_size(tile_rows):
 
 
 def test_unrouted_rows_are_zero_not_garbage():
-    """Rows of no expert come back zero from both grouped matmuls, even for a NaN input row."""
+    """Rows of no expert come back zero from every grouped matmul, even for a NaN input row."""
     rows = jnp.asarray(np.random.default_rng(0).normal(size=(5, D)), jnp.float32).at[4].set(jnp.nan)
     expert = jnp.asarray([2, E, 0, 2, E], jnp.int32)
-    for grouped_matmul in ("ragged_dot", "tiled"):
+    for grouped_matmul in GROUPED_MATMULS:
         out = dispatch.expert_rows(rows, expert, as_jax(experts()), "silu", grouped_matmul)
         np.testing.assert_array_equal(out[1], 0)
         np.testing.assert_array_equal(out[4], 0)
@@ -157,8 +185,13 @@ def test_jit_compatible():
 
 
 def test_auto_picks_by_row_count():
-    """`auto` runs ragged_dot below AUTO_TILED_ROWS assignment rows and tiled from there (the
-    measured crossover); explicit choices are kept whatever the size."""
-    assert dispatch.resolve("auto", 1) == dispatch.resolve("auto", dispatch.AUTO_TILED_ROWS - 1) == "ragged_dot"
-    assert dispatch.resolve("auto", dispatch.AUTO_TILED_ROWS) == "tiled"
-    assert dispatch.resolve("tiled", 2) == "tiled" and dispatch.resolve("ragged_dot", 10 ** 6) == "ragged_dot"
+    """`auto` gathers exactly while rows < experts (fewer matrices read than all experts), then
+    runs ragged_dot below AUTO_TILED_ROWS assignment rows and tiled from there (the measured
+    crossover); explicit choices are kept whatever the size."""
+    for n_experts in (2, 8, 256):
+        for n_rows in range(1, 2 * n_experts):
+            assert (dispatch.resolve("auto", n_rows, n_experts) == "gather") == (n_rows < n_experts)
+    assert dispatch.resolve("auto", 8, 8) == dispatch.resolve("auto", dispatch.AUTO_TILED_ROWS - 1, 8) == "ragged_dot"
+    assert dispatch.resolve("auto", dispatch.AUTO_TILED_ROWS, 8) == "tiled"
+    assert dispatch.resolve("tiled", 2, 8) == "tiled" and dispatch.resolve("ragged_dot", 10 ** 6, 8) == "ragged_dot"
+    assert dispatch.resolve("gather", 10 ** 6, 8) == "gather"

@@ -16,8 +16,10 @@ MESHES = {"expert8": dict(expert=8), "data2_expert4": dict(data=2, expert=4), "e
 BLOCKS = {
     "dropless": MoE(D, n_experts=8, top_k=2, d_ff=12),
     "capacity_tiled": MoE(D, n_experts=8, top_k=2, d_ff=12, capacity_factor=0.75, grouped_matmul="tiled"),
+    # gather on each device's received rows (auto takes ragged_dot here: they outnumber its experts)
     "deepseek_shared": MoE(D, n_experts=16, top_k=4, d_ff=8, router="sigmoid_group", n_group=4, topk_group=2,
-                           n_shared_experts=1, shared_expert_gate=True, routed_scaling_factor=2.5),
+                           n_shared_experts=1, shared_expert_gate=True, routed_scaling_factor=2.5,
+                           grouped_matmul="gather"),
 }
 
 

@@ -1,6 +1,8 @@
 """The `moe` feed-forward: vs transformers' own MoE blocks (Mixtral, Qwen2/3-MoE, DeepSeek-V3),
 config validation, route statistics, costs, and padding invariance inside a model."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,7 +120,7 @@ def config(**moe):
     ("n_group", 2, "only the sigmoid_group router"),
     ("capacity_factor", 0.0, "positive"),
     ("capacity_factor", -1.0, "positive"),
-    ("grouped_matmul", "dense", "must be one of"),
+    ("grouped_matmul", "dense", "must be one of .*'gather'"),
     ("shared_d_ff", 32, "n_shared_experts is 0"),
     ("shared_expert_gate", True, "n_shared_experts is 0"),
     ("n_shared_experts", -1, ">= 0"),
@@ -186,6 +188,19 @@ def test_capacity_output_is_dropless_without_the_dropped(capacity_params):
     assert not np.asarray(keep).all()
 
 
+def test_capacity_gather_keeps_the_drops(capacity_params):
+    """The capacity drops (and padding) are settled before the grouped matmul: with a capacity
+    that binds, gather gives what ragged_dot gives."""
+    x = jnp.asarray(inputs(1, 12, seed=3))
+    ctx = context(np.arange(12)[None, :] < 9)
+    assert dispatch.resolve(CAPACITY.grouped_matmul, 12 * 2, 8) == "ragged_dot"  # capacity_call's matmul
+    gather = jax.jit(dataclasses.replace(CAPACITY, grouped_matmul="gather").__call__)
+    np.testing.assert_allclose(gather(capacity_params, x, ctx), capacity_call(capacity_params, x, ctx),
+                               rtol=1e-6, atol=1e-6)
+    _, _, keep = capacity_assign(capacity_params, x[0, :9], jnp.ones(9, bool))
+    assert not np.asarray(keep).all()  # the capacity binds
+
+
 @pytest.mark.parametrize("fields", [
     {},
     {"router": "topk_softmax", "router_bias": True},
@@ -243,6 +258,36 @@ def test_ragged_batch_matches_each_row_alone(moe_model):
 def test_padding_is_inert(moe_model):
     model, params, tokens, _ = moe_model
     harness.check_padding_is_inert(model, params, tokens, np.array([14, 3, 9]), max_len=16)
+
+
+def test_gather_decodes_as_ragged_dot():
+    """mixtral-tiny decoding token by token with `gather` (row 1 idles for two steps: padding
+    reaches the MoE) gives the logits and greedy tokens of a `ragged_dot` forward."""
+    def build(grouped_matmul):
+        cfg = chimera.load_config("mixtral-tiny").to_dict()
+        cfg["ffns"]["moe"]["grouped_matmul"] = grouped_matmul
+        return chimera.build(chimera.ModelConfig.from_dict(cfg))
+
+    gather, ragged = build("gather"), build("ragged_dot")
+    params = gather.init(jax.random.key(1, impl="unsafe_rbg"))  # eager, no threefry compiles
+    prompts, n_new, starts = [[5, 17, 3, 250], [9, 42]], 4, [0, 2]
+    seqs, logits = [list(p) for p in prompts], [[], []]
+    state = gather.init_state(2, 16)
+    for step in range(8):
+        pos = [step - start for start in starts]  # the position each row feeds this step
+        fed = [0 <= p < len(seq) for p, seq in zip(pos, seqs)]
+        tokens = np.array([[seq[p] if f else 0] for p, seq, f in zip(pos, seqs, fed)], np.int32)  # [2, 1]
+        step_logits, state = gather.extend(params, state, tokens, np.array(fed, np.int32))  # [2, V]
+        for b in np.flatnonzero(fed):
+            logits[b].append(np.asarray(step_logits[b]))
+            if pos[b] == len(seqs[b]) - 1 and len(seqs[b]) < len(prompts[b]) + n_new:  # greedy
+                seqs[b].append(int(np.argmax(step_logits[b])))
+    width = max(map(len, seqs))
+    want = np.asarray(ragged.forward(params, np.array([seq + [0] * (width - len(seq)) for seq in seqs])))
+    for b, prompt in enumerate(prompts):  # forward is causal: the right padding changes nothing before it
+        assert len(seqs[b]) == len(prompt) + n_new
+        np.testing.assert_allclose(np.stack(logits[b]), want[b, :len(logits[b])], rtol=1e-5, atol=1e-5)
+        assert seqs[b][len(prompt):] == list(want[b, len(prompt) - 1:len(seqs[b]) - 1].argmax(-1))
 
 
 def test_touched_params_span_one_token_to_every_expert():
