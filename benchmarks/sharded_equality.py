@@ -21,6 +21,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import chimera  # noqa: E402
+from chimera.sharding.init import init_sharded  # noqa: E402
 
 
 def mesh_sizes(text: str) -> dict[str, int]:
@@ -50,13 +51,14 @@ def main(argv=None) -> int:
     if args.dtype:
         config = config.replace(dtype=args.dtype)
     model = chimera.build(config)
-    params = model.init(jax.random.key(0))
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, config.vocab_size, int(n)).tolist() for n in args.prompts.split(",")]
     n_devices = int(np.prod(list(args.mesh.values())))
     mesh = chimera.make_mesh(**args.mesh, devices=jax.devices()[:n_devices])
-    alone, sharded = greedy(model, params, prompts, args.new_tokens, None), greedy(model, params, prompts,
-                                                                                  args.new_tokens, mesh)
+    # The same params both times, bit for bit; the first device's whole copy is freed before the
+    # mesh run, which draws each layer straight into its shards.
+    alone = greedy(model, model.init(jax.random.key(0)), prompts, args.new_tokens, None)
+    sharded = greedy(model, init_sharded(model, jax.random.key(0), mesh), prompts, args.new_tokens, mesh)
     rows = []
     for prompt, a, s in zip(prompts, alone, sharded):
         first = next((i for i, (x, y) in enumerate(zip(a, s)) if x != y), None)

@@ -55,28 +55,43 @@ class Model:
     def init(self, key) -> dict:
         """Random parameters in the config's dtype. Tree: embed [V, D], embed_norm? [D],
         layers[i] = {mixer_norm, mixer, mixer_post_norm?, ffn_norm?, ffn?, ffn_post_norm?},
-        final_norm [D], lm_head [D, V] unless tied. A norm is a [D] array, or {weight, bias}."""
+        final_norm [D], lm_head [D, V] unless tied. A norm is a [D] array, or {weight, bias}.
+        Drawn as `init_outer` and `init_layer` (one layer at a time: float32 copies of one
+        layer only) from the keys `init_keys` splits."""
+        keys = self.init_keys(key)
+        params = self.init_outer(keys[0], keys[1])
+        params["layers"] = [self.init_layer(mixer, ffn, layer_key)
+                            for (mixer, ffn), layer_key in zip(self.blocks, keys[2:])]
+        return params
+
+    def init_keys(self, key):
+        """The keys `init` draws from: [embed, lm_head, layer 0, ..., layer L-1], [L + 2]."""
+        return jax.random.split(key, self.config.n_layers + 2)
+
+    def init_outer(self, embed_key, head_key) -> dict:
+        """The params outside the layers, in the config's dtype: embed [V, D], embed_norm? [D],
+        final_norm [D], lm_head [D, V] unless tied."""
         cfg = self.config
         norm_init = NORMS[cfg.norm][1]
-        keys = jax.random.split(key, cfg.n_layers + 2)
-        layers = []
-        for (mixer, ffn), layer_key in zip(self.blocks, keys[2:]):
-            k_mixer, k_ffn = jax.random.split(layer_key)
-            layer = {name: norm_init((cfg.d_model,)) for name in self.norm_names(ffn)}
-            layer["mixer"] = mixer.init(k_mixer)
-            if ffn is not None:
-                layer["ffn"] = ffn.init(k_ffn)
-            layers.append(self.cast(layer))  # layer by layer: float32 copies of one layer at a time
-        params = {
-            "embed": jax.random.normal(keys[0], (cfg.vocab_size, cfg.d_model)),
-            "layers": layers,
-            "final_norm": norm_init((cfg.d_model,)),
-        }
+        params = {"embed": jax.random.normal(embed_key, (cfg.vocab_size, cfg.d_model)),
+                  "final_norm": norm_init((cfg.d_model,))}
         if cfg.embed_norm:
             params["embed_norm"] = norm_init((cfg.d_model,))
         if not cfg.tie_embeddings:
-            params["lm_head"] = jax.random.normal(keys[1], (cfg.d_model, cfg.vocab_size)) * cfg.d_model ** -0.5
+            params["lm_head"] = jax.random.normal(head_key, (cfg.d_model, cfg.vocab_size)) * cfg.d_model ** -0.5
         return self.cast(params)
+
+    def init_layer(self, mixer, ffn, key) -> dict:
+        """One layer's params from its key, in the config's dtype: {mixer_norm, mixer,
+        mixer_post_norm?, ffn_norm?, ffn?, ffn_post_norm?}. `sharding.init.init_sharded` draws
+        with it too, so its values are `init`'s bit for bit."""
+        norm_init = NORMS[self.config.norm][1]
+        k_mixer, k_ffn = jax.random.split(key)
+        layer = {name: norm_init((self.config.d_model,)) for name in self.norm_names(ffn)}
+        layer["mixer"] = mixer.init(k_mixer)
+        if ffn is not None:
+            layer["ffn"] = ffn.init(k_ffn)
+        return self.cast(layer)
 
     def cast(self, tree):
         return jax.tree.map(lambda x: x.astype(self.dtype), tree)

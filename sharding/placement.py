@@ -14,7 +14,10 @@ from jax.sharding import Sharding
 
 
 def place_array(x, sharding: Sharding) -> jax.Array:
-    """`x` (a host or device array, the same on every process) laid out by `sharding`."""
+    """`x` (a host or device array, the same on every process) laid out by `sharding`; `x` itself
+    when it already is (from `init_sharded`, `load_checkpoint` or an earlier `place`): no copy."""
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
     if sharding.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
         return jax.device_put(x, sharding)  # one process, or a global array JAX can reshard itself
     host = np.asarray(x)
