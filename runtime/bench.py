@@ -20,6 +20,7 @@ from chimera.runtime import costs
 from chimera.runtime.engine import STOP_SLOTS, Engine, bucket
 from chimera.runtime.model import build
 from chimera.runtime.sampling import Sampling
+from chimera.sharding.init import init_sharded
 
 # device kind substring -> (spec memory bandwidth B/s, dense bf16 FLOP/s)
 PEAKS = {"H200": (4.8e12, 989e12), "H100": (3.35e12, 989e12)}
@@ -56,9 +57,12 @@ def _timed(fn):
 
 
 def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: int, repeats: int,
-                seed: int = 0, prefill_chunk: int = 2048, mesh=None) -> BenchResult:
+                seed: int = 0, prefill_chunk: int = 2048, mesh=None, cache_len: int | None = None) -> BenchResult:
     model = build(config)
-    engine = Engine(model, params, max_batch=batch, max_len=prompt_len + gen, prefill_chunk=prefill_chunk,
+    needed = prompt_len + gen
+    if cache_len is not None and cache_len < needed:
+        raise ValueError(f"cache_len {cache_len} is smaller than prompt {prompt_len} + gen {gen}")
+    engine = Engine(model, params, max_batch=batch, max_len=max(needed, cache_len or 0), prefill_chunk=prefill_chunk,
                     mesh=mesh)
     rng = np.random.default_rng(seed)
     tokens = np.zeros((batch, engine.pad_width(prompt_len)), np.int32)
@@ -67,7 +71,9 @@ def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: i
     active = np.ones((batch,), bool)
     row_ids = np.arange(batch, dtype=np.int32)
     no_stop = np.full((STOP_SLOTS,), -1, np.int32)
-    cache_len = engine.cache_len(prompt_len + gen)
+    # By default the cache is sized to the request, as `generate` sizes it; a larger one shows
+    # whether a step's cost follows the filled context or the cache.
+    cache_len = cache_len or engine.cache_len(needed)
     greedy = Sampling()
 
     def prefill():
@@ -114,7 +120,7 @@ def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: i
 
 
 def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: int, repeats: int = 5,
-        seed: int = 0, prefill_chunk: int = 2048, mesh=None) -> dict:
+        seed: int = 0, prefill_chunk: int = 2048, mesh=None, cache_len: int | None = None) -> dict:
     """Benchmark `config` at each (prompt length, batch size); returns a JSON-ready report.
     A prompt length is the context already cached when decoding starts. With a mesh the
     Engine shards over it, and MBU/MFU are per device (bytes or FLOPs over all its devices'
@@ -122,11 +128,13 @@ def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: in
     if min(prompt_lens) < 1 or gen < 2:
         raise ValueError(f"need prompt lengths >= 1 and gen >= 2, got {prompt_lens} and {gen}")
     model = build(config)
-    # Eagerly: one jit of a whole model's random init compiles for minutes (threefry per leaf).
-    params = model.init(jax.random.key(seed))
+    # Eagerly, layer by layer (one jit of a whole model's random init compiles for minutes); with
+    # a mesh each layer is split over it as it is drawn, so a model larger than one device fits.
+    key = jax.random.key(seed)
+    params = model.init(key) if mesh is None else init_sharded(model, key, mesh)
     device = jax.devices()[0]
     bandwidth, flop_rate = device_peaks(device)
-    results = [bench_batch(config, params, b, n, gen, repeats, seed, prefill_chunk, mesh)
+    results = [bench_batch(config, params, b, n, gen, repeats, seed, prefill_chunk, mesh, cache_len)
                for n in prompt_lens for b in batches]
     return {
         "config": config.name,
@@ -139,6 +147,7 @@ def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: in
         "peak_flop_s": flop_rate,
         "jax_version": jax.__version__,
         "prefill_chunk": prefill_chunk,
+        "cache_len": cache_len,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "results": [dataclasses.asdict(r) for r in results],
     }
