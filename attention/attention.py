@@ -179,15 +179,21 @@ class Attention:
         Causal: every position up to the query's own. Variants with another pattern override this."""
         return slot_positions[None, None, :] <= positions[:, :, None]
 
-    def kernel_misfit(self) -> str | None:
-        """Why `decode_attention` cannot compute this block's decode step, or None if it can:
-        it computes `Attention`'s own causal softmax attention (a variant that overrides the
-        mask or the attention keeps the XLA path), without softcap or sinks."""
+    def not_plain_causal(self) -> str | None:
+        """Why this block is not `Attention`'s own causal softmax attention (a variant that
+        overrides the mask or the attention; softcap; sinks), or None: the fused paths
+        (`decode_attention`, `fresh_attend`) compute only that."""
         shared = ("__call__", "mask", "attend", "probabilities")
         if any(getattr(type(self), name) is not getattr(Attention, name) for name in shared):
             return f"{type(self).__name__} has its own mask or attention"
         if self.softcap is not None or self.learned_sinks:
             return "the kernel has no softcap or learned_sinks"
+        return None
+
+    def kernel_misfit(self) -> str | None:
+        """Why `decode_attention` cannot compute this block's decode step, or None if it can."""
+        if self.not_plain_causal() is not None:
+            return self.not_plain_causal()
         if not kernel_supports(self.head_dim):
             return f"the kernel needs a power-of-2 head_dim >= 16, got {self.head_dim}"
         return None
@@ -214,6 +220,21 @@ class Attention:
                                interpret=jax.default_backend() != "gpu")  # [B, H, Dh]
         return out[:, None]  # [B, 1, H, Dh]
 
+    def fresh_attend(self, q, k, v, ctx: Context):
+        """A chunk that starts every row at position 0 (an empty cache): q [B, T, H, Dh] attends
+        causally over the chunk's own k, v [B, T, Hkv, Dh] -> [B, T, H, Dh]; padding keys are
+        masked by each row's valid length. T x T logits instead of T x S; on a GPU in bf16/f16,
+        cuDNN's fused (flash) attention, which never materialises them at all."""
+        # A row with no tokens (batch padding) attends its slot 0: finite, and its output is ignored.
+        lengths = jnp.maximum(ctx.valid.sum(axis=1, dtype=jnp.int32), 1)  # [B]
+        cudnn = (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+                 and self.head_dim % 8 == 0 and self.head_dim <= 128
+                 and jax.sharding.get_abstract_mesh().empty)  # cuDNN's custom call is not split by XLA
+        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), scale=self.scale, is_causal=True,
+                                           query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+                                           implementation="cudnn" if cudnn else "xla")
+        return out.astype(v.dtype)
+
     def output(self, params, attn):
         """attn [B, T, H, Dh] -> [B, T, D]."""
         y = jnp.einsum("bthk,hkd->btd", attn, params["wo"])
@@ -224,10 +245,17 @@ class Attention:
         k_cache = write_cache(state["k"], k, ctx)  # [B, S, Hkv, Dh]
         v_cache = write_cache(state["v"], v, ctx)
         if self.use_decode_kernel(x.shape[1]):
-            out = self.decode_attend(q, k_cache, v_cache, ctx)  # [B, 1, H, Dh]
-        else:
+            return self.output(params, self.decode_attend(q, k_cache, v_cache, ctx)), {"k": k_cache, "v": v_cache}
+
+        def cached():
             # Slot j holds position j; stale slots past a sequence's length are always ahead of
             # its queries, so a causal mask hides them.
             mask = self.mask(ctx.positions, jnp.arange(k_cache.shape[1]))  # [B, T, S]
-            out = self.attend(params, q, k_cache, v_cache, mask)  # [B, T, H, Dh]
+            return self.attend(params, q, k_cache, v_cache, mask)  # [B, T, H, Dh]
+
+        if x.shape[1] > 1 and self.not_plain_causal() is None:  # a prompt chunk: is every cache empty?
+            out = jax.lax.cond(jnp.all(ctx.positions[:, 0] == 0), lambda: self.fresh_attend(q, k.astype(k_cache.dtype), v.astype(v_cache.dtype), ctx),
+                               cached)  # keys and values rounded as the cache stores them, as `cached` reads them
+        else:
+            out = cached()
         return self.output(params, out), {"k": k_cache, "v": v_cache}

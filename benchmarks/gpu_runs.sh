@@ -32,6 +32,16 @@ case "${1:-chimera}" in
     $cli --config rwkv7-1.5b --batch 1,64 --context 1024 --json "$OUT/chimera-rwkv7-1.5b-1k.json"
     $cli --config rwkv7-1.5b --batch 1 --context 4096,32768 --json "$OUT/chimera-rwkv7-1.5b-long.json"
     ;;
+  h100-dense)  # the performance issue's dense targets on one H100, chimera and transformers in one call
+    cli="python3 -m chimera.runtime.cli bench --dtype bfloat16"
+    $cli --config llama-3-8b --batch 1,16,64 --prompt-len 128 --gen 128 --json "$OUT/chimera-llama-3-8b.json"
+    $cli --config llama-3.2-1b --batch 1,16 --prompt-len 128 --gen 128 --json "$OUT/chimera-llama-3.2-1b.json"
+    $cli --config llama-3-8b --batch 1 --prompt-len 2048 --gen 16 --repeats 3 --json "$OUT/chimera-llama-3-8b-prefill2048.json"
+    $cli --config mistral-7b --batch 1 --context 4096,32768 --gen 64 --repeats 3 --json "$OUT/chimera-mistral-7b-context.json"
+    for cfg in llama-3-8b llama-3.2-1b; do
+      python3 benchmarks/transformers_generate.py --config $cfg --batch 1,16 --prompt-len 128 --gen 128 --json "$OUT/transformers-$cfg.json"
+    done
+    ;;
   tp-latency)  # 2+ GPUs: per-all-reduce latency and llama-3-8b tensor=2 batch 1 under XLA command-buffer settings
     nvidia-smi topo -m
     graphs="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"

@@ -119,7 +119,7 @@ def cmd_bench(args) -> int:
             raise ValueError(f"--mesh needs {n_devices} devices, {jax.device_count()} are available")
         mesh = make_mesh(**args.mesh, devices=jax.devices()[:n_devices])
     report = bench.run(config, args.batch, prompt_lens, args.gen, repeats=args.repeats, seed=args.seed,
-                       prefill_chunk=args.prefill_chunk, mesh=mesh)
+                       prefill_chunk=args.prefill_chunk, mesh=mesh, cache_len=args.cache_len)
     print(bench.format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -205,6 +205,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--gen", type=positive_int, default=128, help="tokens generated per row (>= 2)")
     bench.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     bench.add_argument("--repeats", type=positive_int, default=5)
+    bench.add_argument("--cache-len", type=positive_int,
+                       help="KV-cache slots per row (default: the request's own size, a power of two)")
     bench.add_argument("--prefill-chunk", type=positive_int, default=2048,
                        help="prompt tokens per prefill call and row (a power of two; bounds prefill memory)")
     bench.add_argument("--mesh", type=mesh_sizes,

@@ -102,8 +102,16 @@ def test_bad_arguments_exit_2(argv):
 
 
 def test_bench_context_list(capsys):
-    """--context runs each context (decode with that many tokens cached) at each batch size."""
+    """--context runs each context (decode with that many tokens cached) at each batch size,
+    here in one cache of --cache-len slots for both."""
     assert main(["bench", "--config", "llama-tiny", "--batch", "1", "--context", "20,40", "--gen", "3",
-                 "--repeats", "1"]) == 0
+                 "--repeats", "1", "--cache-len", "256"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [(r[0], r[1]) for r in rows] == [("20", "1"), ("40", "1")]
+
+
+def test_bench_cache_smaller_than_request():
+    from chimera.runtime import bench
+    config = chimera.load_config("llama-tiny")
+    with pytest.raises(ValueError, match="cache_len 40 is smaller than prompt 40 \\+ gen 3"):
+        bench.bench_batch(config, None, batch=1, prompt_len=40, gen=3, repeats=1, cache_len=40)
