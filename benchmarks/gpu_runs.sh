@@ -42,6 +42,16 @@ case "${1:-chimera}" in
       python3 benchmarks/transformers_generate.py --config $cfg --batch 1,16 --prompt-len 128 --gen 128 --json "$OUT/transformers-$cfg.json"
     done
     ;;
+  h100-kernels)  # the decode-attention kernel, cuDNN prefill and the MoE gather path on one H100
+    python3 benchmarks/decode_attention.py --json "$OUT/decode-attention.json"
+    cli="python3 -m chimera.runtime.cli bench --dtype bfloat16"
+    $cli --config llama-3-8b --batch 1,16,64 --prompt-len 128 --gen 128 --json "$OUT/chimera-llama-3-8b.json"
+    $cli --config llama-3-8b --batch 1 --context 1024,16384 --cache-len 32768 --gen 64 --repeats 3 --json "$OUT/chimera-llama-3-8b-cache32k.json"
+    $cli --config llama-3-8b --batch 1 --prompt-len 2048 --gen 16 --repeats 3 --json "$OUT/chimera-llama-3-8b-prefill2048.json"
+    $cli --config llama-3.2-1b --batch 1,16 --prompt-len 128 --gen 128 --json "$OUT/chimera-llama-3.2-1b.json"
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > "$OUT/mixtral-8layers.yaml"
+    $cli --config "$OUT/mixtral-8layers.yaml" --batch 1,64 --prompt-len 128 --gen 64 --repeats 3 --json "$OUT/chimera-mixtral-8layers.json"
+    ;;
   tp-latency)  # 2+ GPUs: per-all-reduce latency and llama-3-8b tensor=2 batch 1 under XLA command-buffer settings
     nvidia-smi topo -m
     graphs="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
