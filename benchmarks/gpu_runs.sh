@@ -52,6 +52,16 @@ case "${1:-chimera}" in
     sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > "$OUT/mixtral-8layers.yaml"
     $cli --config "$OUT/mixtral-8layers.yaml" --batch 1,64 --prompt-len 128 --gen 64 --repeats 3 --json "$OUT/chimera-mixtral-8layers.json"
     ;;
+  scale-out)  # 4 GPUs: Llama-3-70B and -8B over tensor, DeepSeek-V2-Lite over expert, all-to-all time from a trace
+    B="python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --gen 32 --repeats 2"
+    $B --config llama-3-70b --batch 1,16 --mesh tensor=4 --json "$OUT/llama-3-70b-tensor4.json"
+    $B --config llama-3-70b --batch 1,16 --mesh tensor=2 --json "$OUT/llama-3-70b-tensor2.json"
+    $B --config llama-3-8b --batch 1,16 --mesh tensor=4 --json "$OUT/llama-3-8b-tensor4.json"
+    $B --config deepseek-v2-lite --batch 1,16 --json "$OUT/deepseek-v2-lite-1gpu.json"
+    $B --config deepseek-v2-lite --batch 1,16 --mesh expert=4 --json "$OUT/deepseek-v2-lite-expert4.json"
+    python3 benchmarks/profile_decode.py --config deepseek-v2-lite --mesh expert=4 --batch 16 --out "$OUT/profile-dsv2-expert4" --top 40
+    rm -rf "$OUT/profile-dsv2-expert4/trace"
+    ;;
   tp-latency)  # 2+ GPUs: per-all-reduce latency and llama-3-8b tensor=2 batch 1 under XLA command-buffer settings
     nvidia-smi topo -m
     graphs="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
