@@ -233,7 +233,9 @@ class Attention:
         out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), scale=self.scale, is_causal=True,
                                            query_seq_lengths=lengths, key_value_seq_lengths=lengths,
                                            implementation="cudnn" if cudnn else "xla")
-        return out.astype(v.dtype)
+        # Padding queries see no key: zeros, whatever the implementation's convention (no NaN
+        # may reach the padding tokens' later layers, where a MoE router sees them).
+        return jnp.where(ctx.valid[:, :, None, None], out, 0).astype(v.dtype)
 
     def output(self, params, attn):
         """attn [B, T, H, Dh] -> [B, T, D]."""
