@@ -13,22 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
-
-
-def timed(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def main():
@@ -69,8 +58,8 @@ def main():
             return jax.lax.fori_loop(0, args.loops, lambda _, x: step(x, w_out, w_in), x)
         return run
 
-    with_reduce = timed(chain(True), x, w_out, w_in, repeats=args.repeats)
-    without = timed(chain(False), x, w_out, w_in, repeats=args.repeats)
+    with_reduce = median_seconds(chain(True), (x, w_out, w_in), repeats=args.repeats)
+    without = median_seconds(chain(False), (x, w_out, w_in), repeats=args.repeats)
     n = args.chain * args.loops
     result = {"devices": args.devices, "d_model": d, "batch": args.batch, "chain": args.chain,
               "loops": args.loops, "ms_per_chain_with": with_reduce / args.loops * 1e3,

@@ -12,24 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from chimera.attention.decode_kernel import decode_attention, decode_attention_reference
-
-
-def timed(fn, *args, repeats: int = 20) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def main():
@@ -61,7 +49,7 @@ def main():
             error = float(jnp.max(jnp.abs(kernel(q, k, v, lengths).astype(jnp.float32)
                                           - reference(q, k, v, lengths).astype(jnp.float32))))
             filled_bytes = 2 * batch * context * args.kv_heads * args.head_dim * 2
-            t_kernel, t_xla = timed(kernel, q, k, v, lengths), timed(reference, q, k, v, lengths)
+            t_kernel, t_xla = (median_seconds(fn, (q, k, v, lengths)) for fn in (kernel, reference))
             row = {"batch": batch, "cache": cache, "context": context, "kernel_us": t_kernel * 1e6,
                    "xla_us": t_xla * 1e6, "kernel_gb_s": filled_bytes / t_kernel / 1e9,
                    "max_abs_diff": error}

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,17 +25,7 @@ import jax.numpy as jnp
 from chimera.moe import dispatch
 from chimera.moe.mlp import ACTIVATIONS
 from chimera.moe.router import softmax_topk
-
-
-def median_seconds(fn, args, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def dense_mlp(rows, experts, activation):

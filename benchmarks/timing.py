@@ -1,0 +1,22 @@
+"""Wall-clock timing shared by the benchmark scripts (run as `python benchmarks/X.py`, which puts
+this folder on the import path)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+
+
+def median_seconds(fn, args, warmup: int = 1, repeats: int = 20) -> float:
+    """Median seconds of `fn(*args)` over `repeats` device-synchronised calls, after `warmup`
+    calls (the first compiles). Includes JAX's per-call dispatch (~0.1 ms on the lent GPUs)."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
