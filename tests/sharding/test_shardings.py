@@ -25,75 +25,15 @@ def unsharded(preset):
     return model, params, greedy_tokens(model, params)
 
 
-def has_moe(model) -> bool:
-    return any(isinstance(ffn, chimera.MoE) for _, ffn in model.blocks)
-
-
 def specs(tree):
     return jax.tree.map(lambda s: s.spec, tree)
-
-
-def split_dims(spec) -> list[int]:
-    return [i for i, axes in enumerate(spec) if axes is not None]
-
-
-def same_layout(model, mesh_a, mesh_b) -> bool:
-    """Whether every param and decode-state leaf lands on the same devices in the same pieces."""
-    params = jax.eval_shape(model.init, jax.random.key(0))
-    state = jax.eval_shape(lambda: model.init_state(8, 32))
-    pairs = [(param_shardings(model, mesh_a), param_shardings(model, mesh_b), params),
-             (state_shardings(model, mesh_a, 8, 32), state_shardings(model, mesh_b, 8, 32), state)]
-    return all(a.is_equivalent_to(b, leaf.ndim) for tree_a, tree_b, shapes in pairs
-               for a, b, leaf in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), jax.tree.leaves(shapes)))
-
-
-def batch_split_only(model, mesh) -> bool:
-    """Every param whole, every state leaf split over its batch axis only."""
-    return (all(not split_dims(spec) for spec in jax.tree.leaves(specs(param_shardings(model, mesh))))
-            and all(split_dims(spec) == [0] for spec in jax.tree.leaves(specs(state_shardings(model, mesh, 8, 32)))))
-
-
-def mixers_whole(model, mesh) -> bool:
-    """Every mixer's params and state (beyond the batch axis) unsplit."""
-    layers = specs(param_shardings(model, mesh))["layers"]
-    state = specs(state_shardings(model, mesh, 8, 32)).layers
-    return (all(not split_dims(spec) for layer in layers for spec in jax.tree.leaves(layer["mixer"]))
-            and all(not [i for i in split_dims(spec) if i > 0] for spec in jax.tree.leaves(state)))
-
-
-# Every preset decodes on data4_tensor2 (heads, MLP and batch split); each case left out below (to
-# keep this file near 2 CI minutes) first asserts the layout that a decoded case covers.
-ATTENTION_VARIANTS = {"mistral-tiny", "sinks-tiny", "h2o-tiny", "sparse-tiny", "local-global-tiny", "mla-tiny"}
-SLOWEST = {"jamba-tiny": {"tensor8": "attention (4 heads: whole), Mamba channels and MLP split 8 ways, as decoded "
-                                     "in llama-tiny and mamba-tiny",
-                          "expert8": "experts 8-way expert-parallel as decoded in mixtral-tiny, the rest split "
-                                     "over the batch only"}}
-
-
-def not_decoded(preset, mesh_name, model, mesh) -> str | None:
-    """Why (preset, mesh) is not decoded, after checking its layout is one decoded elsewhere; None: decode it."""
-    if mesh_name == "expert4_tensor2" and not has_moe(model):
-        # Without an MoE block the expert axis only splits the batch, as `data` does.
-        assert same_layout(model, mesh, chimera.make_mesh(data=4, tensor=2))
-        return "the layout of data4_tensor2, decoded there"
-    if mesh_name == "expert8" and not has_moe(model) and preset != "llama-tiny":
-        assert batch_split_only(model, mesh)
-        return "an 8-way batch split with every param whole, as decoded for llama-tiny"
-    if mesh_name == "tensor8" and preset in ATTENTION_VARIANTS:
-        assert mixers_whole(model, mesh)  # the fallback: 4 heads, 2 KV heads on tensor=8
-        return "attention whole, MLP and vocabulary split 8 ways, as decoded for llama-tiny"
-    if mesh_name in SLOWEST.get(preset, {}):
-        return f"the slowest preset to compile; {SLOWEST[preset][mesh_name]}"
-    return None
 
 
 @pytest.mark.parametrize("mesh_name", MESHES)
 @pytest.mark.parametrize("preset", TINY)
 def test_greedy_tokens_sharded_equal_unsharded(preset, mesh_name):
+    """Every tiny preset on every mesh the sharding issue names."""
     mesh = chimera.make_mesh(**MESHES[mesh_name])
-    reason = not_decoded(preset, mesh_name, chimera.build(chimera.load_config(preset)), mesh)
-    if reason:
-        pytest.skip(f"not decoded (CI time): {reason}")
     model, params, want = unsharded(preset)
     assert greedy_tokens(model, params, mesh) == want
 
