@@ -43,6 +43,7 @@ case "${1:-chimera}" in
     done
     ;;
   h100-kernels)  # the decode-attention kernel, cuDNN prefill and the MoE gather path on one H100
+    python3 benchmarks/check_gpu_attention.py || exit 1  # the fused paths equal the XLA ones first
     python3 benchmarks/decode_attention.py --json "$OUT/decode-attention.json"
     cli="python3 -m chimera.runtime.cli bench --dtype bfloat16"
     $cli --config llama-3-8b --batch 1,16,64 --prompt-len 128 --gen 128 --json "$OUT/chimera-llama-3-8b.json"
