@@ -86,8 +86,9 @@ class Attention:
             raise ConfigError("rope_scaling", "is set but use_rope is false")
         if self.decode_kernel not in ("auto", "pallas", "xla"):
             raise ConfigError("decode_kernel", f"must be one of ['auto', 'pallas', 'xla'], got {self.decode_kernel!r}")
-        if self.decode_kernel == "pallas" and self.kernel_misfit() is not None:
-            raise ConfigError("decode_kernel", f"cannot be 'pallas': {self.kernel_misfit()}")
+        misfit = self.kernel_misfit()
+        if self.decode_kernel == "pallas" and misfit is not None:
+            raise ConfigError("decode_kernel", f"cannot be 'pallas': {misfit}")
 
     @property
     def inv_freq(self) -> np.ndarray:
@@ -192,8 +193,9 @@ class Attention:
 
     def kernel_misfit(self) -> str | None:
         """Why `decode_attention` cannot compute this block's decode step, or None if it can."""
-        if self.not_plain_causal() is not None:
-            return self.not_plain_causal()
+        reason = self.not_plain_causal()
+        if reason is not None:
+            return reason
         if not kernel_supports(self.head_dim):
             return f"the kernel needs a power-of-2 head_dim >= 16, got {self.head_dim}"
         return None
@@ -246,8 +248,6 @@ class Attention:
         q, k, v = self.project(params, x, ctx)
         k_cache = write_cache(state["k"], k, ctx)  # [B, S, Hkv, Dh]
         v_cache = write_cache(state["v"], v, ctx)
-        if self.use_decode_kernel(x.shape[1]):
-            return self.output(params, self.decode_attend(q, k_cache, v_cache, ctx)), {"k": k_cache, "v": v_cache}
 
         def cached():
             # Slot j holds position j; stale slots past a sequence's length are always ahead of
@@ -255,9 +255,14 @@ class Attention:
             mask = self.mask(ctx.positions, jnp.arange(k_cache.shape[1]))  # [B, T, S]
             return self.attend(params, q, k_cache, v_cache, mask)  # [B, T, H, Dh]
 
-        if x.shape[1] > 1 and self.not_plain_causal() is None:  # a prompt chunk: is every cache empty?
-            out = jax.lax.cond(jnp.all(ctx.positions[:, 0] == 0), lambda: self.fresh_attend(q, k.astype(k_cache.dtype), v.astype(v_cache.dtype), ctx),
-                               cached)  # keys and values rounded as the cache stores them, as `cached` reads them
+        def fresh():  # keys and values rounded as the cache stores them, as `cached` reads them
+            return self.fresh_attend(q, k.astype(k_cache.dtype), v.astype(v_cache.dtype), ctx)
+
+        n_new = x.shape[1]
+        if self.use_decode_kernel(n_new):
+            out = self.decode_attend(q, k_cache, v_cache, ctx)  # [B, 1, H, Dh]
+        elif n_new > 1 and self.not_plain_causal() is None:  # a prompt chunk: is every cache empty?
+            out = jax.lax.cond(jnp.all(ctx.positions[:, 0] == 0), fresh, cached)
         else:
             out = cached()
         return self.output(params, out), {"k": k_cache, "v": v_cache}
