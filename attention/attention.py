@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from chimera.architectures.config import ConfigError, require_positive
-from chimera.attention.core import grouped_logits, mix, probabilities
+from chimera.attention.core import attend, grouped_logits, mix, probabilities
 from chimera.attention.decode_kernel import decode_attention, kernel_supports
 from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies, rope_attention_factor
+from chimera.runtime.linear import linear
 from chimera.runtime.norm import rms_norm
 from chimera.runtime.protocol import Context, register_mixer
 
@@ -150,9 +151,9 @@ class Attention:
     def project(self, params, x, ctx: Context):
         """x [B, T, D] -> q [B, T, H, Dh], k and v [B, T, Hkv, Dh]; q and k normalised (qk_norm),
         then rotated to ctx.positions."""
-        q = jnp.einsum("btd,dhk->bthk", x, params["wq"])  # [B, T, H, Dh]
-        k = jnp.einsum("btd,dhk->bthk", x, params["wk"])  # [B, T, Hkv, Dh]
-        v = jnp.einsum("btd,dhk->bthk", x, params["wv"])  # [B, T, Hkv, Dh]
+        q = linear("btd,dhk->bthk", x, params["wq"])  # [B, T, H, Dh]
+        k = linear("btd,dhk->bthk", x, params["wk"])  # [B, T, Hkv, Dh]
+        v = linear("btd,dhk->bthk", x, params["wv"])  # [B, T, Hkv, Dh]
         if self.qkv_bias:
             q, k, v = q + params["bq"], k + params["bk"], v + params["bv"]
         if self.qk_norm:
@@ -225,23 +226,28 @@ class Attention:
     def fresh_attend(self, q, k, v, ctx: Context):
         """A chunk that starts every row at position 0 (an empty cache): q [B, T, H, Dh] attends
         causally over the chunk's own k, v [B, T, Hkv, Dh] -> [B, T, H, Dh]; padding keys are
-        masked by each row's valid length. T x T logits instead of T x S; on a GPU in bf16/f16,
-        cuDNN's fused (flash) attention, which never materialises them at all."""
+        masked by each row's valid length. T x T logits instead of T x S; on a GPU in bf16/f16
+        (one device), cuDNN's fused (flash) attention, which never materialises them at all."""
         # A row with no tokens (batch padding) attends its slot 0: finite, and its output is ignored.
         lengths = jnp.maximum(ctx.valid.sum(axis=1, dtype=jnp.int32), 1)  # [B]
         cudnn = (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
                  and self.head_dim % 8 == 0 and self.head_dim <= 128
                  and jax.sharding.get_abstract_mesh().empty)  # cuDNN's custom call is not split by XLA
-        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), scale=self.scale, is_causal=True,
-                                           query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-                                           implementation="cudnn" if cudnn else "xla")
+        if cudnn:
+            out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), scale=self.scale,
+                                               is_causal=True, query_seq_lengths=lengths,
+                                               key_value_seq_lengths=lengths, implementation="cudnn")
+        else:  # the einsum attention `cached` uses, over the chunk's T keys instead of the cache's S
+            position = jnp.arange(q.shape[1])
+            mask = (position[None, :] <= position[:, None])[None] & (position < lengths[:, None])[:, None, :]  # [B, T, T]
+            out = attend(q, k, v, mask, scale=self.scale)
         # Padding queries see no key: zeros, whatever the implementation's convention (no NaN
         # may reach the padding tokens' later layers, where a MoE router sees them).
         return jnp.where(ctx.valid[:, :, None, None], out, 0).astype(v.dtype)
 
     def output(self, params, attn):
         """attn [B, T, H, Dh] -> [B, T, D]."""
-        y = jnp.einsum("bthk,hkd->btd", attn, params["wo"])
+        y = linear("bthk,hkd->btd", attn, params["wo"])
         return y + params["bo"] if self.out_bias else y
 
     def __call__(self, params, x, state, ctx: Context):

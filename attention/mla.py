@@ -30,6 +30,7 @@ from chimera.architectures.config import ConfigError, require_positive
 from chimera.attention.attention import write_cache
 from chimera.attention.core import grouped_logits, mix, probabilities
 from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies, rope_attention_factor, yarn_mscale
+from chimera.runtime.linear import linear
 from chimera.runtime.norm import rms_norm
 from chimera.runtime.protocol import Context, register_mixer
 
@@ -160,13 +161,13 @@ class MLA:
     def project(self, params, x, ctx: Context):
         """x [B, T, D] -> q_nope [B, T, H, dn], q_rope [B, T, H, dr], latent [B, T, R], k_rope [B, T, dr]."""
         if self.q_lora_rank is None:
-            q = jnp.einsum("btd,dhk->bthk", x, params["wq"])  # [B, T, H, dn + dr]
+            q = linear("btd,dhk->bthk", x, params["wq"])  # [B, T, H, dn + dr]
         else:
-            q_a = rms_norm(x @ params["wq_a"], params["q_norm"], self.norm_eps)  # [B, T, Rq]
-            q = jnp.einsum("btr,rhk->bthk", q_a, params["wq_b"])  # [B, T, H, dn + dr]
+            q_a = rms_norm(linear("btd,dr->btr", x, params["wq_a"]), params["q_norm"], self.norm_eps)  # [B, T, Rq]
+            q = linear("btr,rhk->bthk", q_a, params["wq_b"])  # [B, T, H, dn + dr]
         q_nope, q_rope = q[..., :self.qk_nope_head_dim], q[..., self.qk_nope_head_dim:]
-        latent = rms_norm(x @ params["wkv_a"], params["kv_norm"], self.norm_eps)  # [B, T, R]
-        k_rope = (x @ params["wk_rope"])[:, :, None, :]  # [B, T, 1, dr]: one key for all heads
+        latent = rms_norm(linear("btd,dr->btr", x, params["wkv_a"]), params["kv_norm"], self.norm_eps)  # [B, T, R]
+        k_rope = linear("btd,dk->btk", x, params["wk_rope"])[:, :, None, :]  # [B, T, 1, dr]: one key for all heads
         return (q_nope, self.rope(q_rope, ctx.positions), latent,
                 self.rope(k_rope, ctx.positions)[:, :, 0])  # k_rope [B, T, dr]
 
@@ -197,4 +198,4 @@ class MLA:
         mask = slots[None, None, :] <= ctx.positions[:, :, None]  # [B, T, S]
         attend = self.attend_absorbed if self.absorbs(x.shape[1], slots.shape[0]) else self.attend_naive
         out = attend(params, q_nope, q_rope, state["latent"], state["k_rope"], mask)  # [B, T, H, dv]
-        return jnp.einsum("bthv,hvd->btd", out, params["wo"]), state
+        return linear("bthv,hvd->btd", out, params["wo"]), state

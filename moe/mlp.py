@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from chimera.architectures.config import require_positive
+from chimera.runtime.linear import linear
 from chimera.runtime.protocol import Context, register_ffn
 
 ACTIVATIONS = {
@@ -51,9 +52,9 @@ class GatedMLP:
         return 2 * 3 * self.d_model * self.d_ff
 
     def __call__(self, params, x, ctx: Context):
-        gate = x @ params["w_gate"]  # [B, T, F]
-        up = x @ params["w_up"]  # [B, T, F]
+        gate = linear("btd,df->btf", x, params["w_gate"])  # [B, T, F]
+        up = linear("btd,df->btf", x, params["w_up"])  # [B, T, F]
         if self.bias:
             gate, up = gate + params["b_gate"], up + params["b_up"]
-        y = (ACTIVATIONS[self.activation](gate) * up) @ params["w_down"]  # [B, T, D]
+        y = linear("btf,fd->btd", ACTIVATIONS[self.activation](gate) * up, params["w_down"])  # [B, T, D]
         return y + params["b_down"] if self.bias else y
