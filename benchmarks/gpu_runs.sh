@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements in BENCHMARKS.md (run on the lent GPU from the repo root; $OUT receives JSON).
-#   bash benchmarks/gpu_runs.sh chimera|transformers|long-context|recurrent|rwkv7|tp-latency
+#   bash benchmarks/gpu_runs.sh CASE   (the cases below)
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -62,6 +62,84 @@ case "${1:-chimera}" in
     $B --config deepseek-v2-lite --batch 1,16 --mesh expert=4 --json "$OUT/deepseek-v2-lite-expert4.json"
     python3 benchmarks/profile_decode.py --config deepseek-v2-lite --mesh expert=4 --batch 16 --out "$OUT/profile-dsv2-expert4" --top 40
     rm -rf "$OUT/profile-dsv2-expert4/trace"
+    ;;
+  x8-dense)  # 8 GPUs: attention paths checked; matvec lowering; all-reduce latency (NCCL vs XLA's one-shot
+             # kernel); llama-3-8b on 1, 2, 4, 8 GPUs. Results tarred to $OUT/results.tgz after each step.
+    R=/tmp/results; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    python3 benchmarks/xla_flags.py > $R/xla-flags.txt; save
+    python3 benchmarks/check_gpu_attention.py > $R/check-gpu-attention.txt 2>&1; echo "exit $?" >> $R/check-gpu-attention.txt
+    cat $R/check-gpu-attention.txt; save
+    python3 benchmarks/matvec_lowering.py --json $R/matvec-lowering.json; save
+    oneshot="--xla_gpu_unsupported_use_all_reduce_one_shot_kernel=true"
+    for n in 2 8; do
+      python3 benchmarks/collective_latency.py --devices $n --json $R/all-reduce-$n-nccl.json
+      XLA_FLAGS=$oneshot python3 benchmarks/collective_latency.py --devices $n --json $R/all-reduce-$n-oneshot.json
+    done; save
+    B="python3 -m chimera.runtime.cli bench --config llama-3-8b --batch 1,16 --dtype bfloat16 --prompt-len 128 --gen 32 --repeats 2"
+    $B --json $R/llama-3-8b-1gpu.json; save
+    for tp in 2 4 8; do $B --mesh tensor=$tp --json $R/llama-3-8b-tensor$tp.json; save; done
+    for tp in 2 8; do XLA_FLAGS=$oneshot $B --mesh tensor=$tp --json $R/llama-3-8b-tensor$tp-oneshot.json; save; done
+    if grep -q "enable_dot_strength_reduction: known" $R/xla-flags.txt; then
+      nosr="--xla_gpu_enable_dot_strength_reduction=false"
+      XLA_FLAGS=$nosr python3 benchmarks/matvec_lowering.py --json $R/matvec-lowering-nosr.json; save
+      XLA_FLAGS=$nosr $B --batch 1 --json $R/llama-3-8b-1gpu-nosr.json; save
+      XLA_FLAGS="$nosr $oneshot" $B --batch 1 --mesh tensor=2 --json $R/llama-3-8b-tensor2-nosr-oneshot.json; save
+    fi
+    ;;
+  x8-timing)  # 8 GPUs: llama-3-8b on 1/2/4/8, llama-3-70b on 8, Mixtral-8x7b and DeepSeek-V2-Lite on 1 and expert=8
+    R=/tmp/results; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    B="python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --gen 32 --repeats 2 --batch 1,16"
+    $B --config llama-3-8b --json $R/llama-3-8b-1gpu.json; save
+    for tp in 2 8 4; do $B --config llama-3-8b --mesh tensor=$tp --json $R/llama-3-8b-tensor$tp.json; save; done
+    timeout 200 $B --config llama-3-70b --mesh tensor=8 --json $R/llama-3-70b-tensor8.json; save
+    for cfg in mixtral-8x7b deepseek-v2-lite; do
+      $B --config $cfg --json $R/$cfg-1gpu.json; save
+      $B --config $cfg --mesh expert=8 --json $R/$cfg-expert8.json; save
+    done
+    ;;
+  x8-collectives)  # 8 GPUs: all-to-all time from traces; expert=4,tensor=2; sharded == 1 GPU in float32 (concurrent)
+    R=/tmp/results; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    for cfg in deepseek-v2-lite mixtral-8x7b; do
+      python3 benchmarks/profile_decode.py --config $cfg --mesh expert=8 --batch 16 --top 25 --out $R/profile-$cfg-expert8
+      rm -rf $R/profile-$cfg-expert8/trace $R/profile-$cfg-expert8/decode.hlo.txt; save
+    done
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
+    sed 's/^n_layers: .*/n_layers: 2/' configs/llama-3-70b.yaml > $R/llama-3-70b-2layers.yaml
+    export JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false
+    E="python3 benchmarks/sharded_equality.py --dtype float32"
+    CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7 $E --config llama-3-8b --mesh tensor=2 --mesh tensor=4 --mesh tensor=8 \
+      --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-8b.json > $R/equality-llama-3-8b.log 2>&1 &
+    CUDA_VISIBLE_DEVICES=2,3,4,5,6,7,0,1 $E --config $R/llama-3-70b-2layers.yaml --mesh tensor=2 --mesh tensor=4 \
+      --mesh tensor=8 --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-70b-2layers.json > $R/equality-70b.log 2>&1 &
+    CUDA_VISIBLE_DEVICES=4,5,6,7,0,1,2,3 $E --config $R/mixtral-8layers.yaml --mesh expert=4 --mesh expert=8 \
+      --mesh expert=4,tensor=2 --prompts 5,17,40 --new-tokens 24 --json $R/equality-mixtral-8layers.json > $R/equality-mixtral.log 2>&1 &
+    CUDA_VISIBLE_DEVICES=6,7,0,1,2,3,4,5 $E --config deepseek-v2-lite --mesh expert=4 --mesh expert=8 \
+      --prompts 5,17,40 --new-tokens 24 --json $R/equality-deepseek-v2-lite.json > $R/equality-dsv2.log 2>&1 &
+    wait; save
+    B="python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --gen 32 --repeats 2 --batch 1,16"
+    unset JAX_DEFAULT_MATMUL_PRECISION XLA_PYTHON_CLIENT_PREALLOCATE
+    $B --config mixtral-8x7b --mesh expert=4,tensor=2 --json $R/mixtral-8x7b-expert4-tensor2.json; save
+    ;;
+  x8-final)  # 8 GPUs, the last minutes: DeepSeek-V2-Lite's all-to-all (trace), sharded == 1 GPU in float32 for
+             # every configuration of x8-timing (four processes at once), DeepSeek-V2-Lite's expert=8 timing
+    R=/tmp/results; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    timeout 80 python3 benchmarks/profile_decode.py --config deepseek-v2-lite --mesh expert=8 --batch 16 --top 25 \
+      --out $R/profile-deepseek-v2-lite-expert8
+    rm -rf $R/profile-deepseek-v2-lite-expert8/trace $R/profile-deepseek-v2-lite-expert8/decode.hlo.txt; save
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
+    sed 's/^n_layers: .*/n_layers: 2/' configs/llama-3-70b.yaml > $R/llama-3-70b-2layers.yaml
+    E="timeout 150 env JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false python3 benchmarks/sharded_equality.py --dtype float32"
+    CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7 $E --config llama-3-8b --mesh tensor=2 --mesh tensor=4 --mesh tensor=8 \
+      --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-8b.json > $R/equality-llama-3-8b.log 2>&1 &
+    CUDA_VISIBLE_DEVICES=2,3,4,5,6,7,0,1 $E --config $R/llama-3-70b-2layers.yaml --mesh tensor=4 --mesh tensor=8 \
+      --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-70b-2layers.json > $R/equality-70b.log 2>&1 &
+    CUDA_VISIBLE_DEVICES=4,5,6,7,0,1,2,3 $E --config $R/mixtral-8layers.yaml --mesh expert=8 \
+      --prompts 5,17,40 --new-tokens 24 --json $R/equality-mixtral-8layers.json > $R/equality-mixtral.log 2>&1 &
+    CUDA_VISIBLE_DEVICES=6,7,0,1,2,3,4,5 $E --config deepseek-v2-lite --mesh expert=8 \
+      --prompts 5,17,40 --new-tokens 24 --json $R/equality-deepseek-v2-lite.json > $R/equality-dsv2.log 2>&1 &
+    wait; tail -n 3 $R/equality-*.log; save
+    timeout 90 python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --gen 32 --repeats 2 --batch 1,16 \
+      --config deepseek-v2-lite --mesh expert=8 --json $R/deepseek-v2-lite-expert8.json; save
     ;;
   tp-latency)  # 2+ GPUs: per-all-reduce latency and llama-3-8b tensor=2 batch 1 under XLA command-buffer settings
     nvidia-smi topo -m

@@ -1,10 +1,13 @@
-"""Where a decode step's time goes: a jax.profiler trace of one decode loop, summarised as
-device time per kernel (top N by total), plus the optimised HLO of the decode program.
+"""Where a decode step's time goes: a jax.profiler trace of one decode loop (the prefill runs
+before the trace), summarised as device time per kernel (top N by total), the collectives'
+(NCCL kernels') time per step and GPU, plus the optimised HLO of the decode program.
 
     python benchmarks/profile_decode.py --config llama-3-8b [--mesh tensor=2] [--batch 1] --out DIR
 
 Writes DIR/trace (the raw profile, open with Perfetto or TensorBoard), DIR/summary.txt and
 DIR/decode.hlo.txt, and prints the summary. Random bf16 weights, prompt 128, --gen steps.
+A collective kernel's time includes its wait for the other devices: it is the time the
+collective holds the GPU's stream, not the wire time alone.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from chimera.runtime.cli import mesh_sizes
 from chimera.runtime.engine import STOP_SLOTS, Engine, bucket
 from chimera.runtime.model import build
 from chimera.runtime.sampling import Sampling
+from chimera.sharding.init import draw_params
 
 
-def kernel_summary(trace_dir: pathlib.Path, top: int) -> str:
-    """Device-side events of the Perfetto trace, grouped by name: total µs, count, mean µs."""
+def kernel_summary(trace_dir: pathlib.Path, top: int, steps: int) -> str:
+    """Device-side events of the Perfetto trace, grouped by name: total µs, count, mean µs; then
+    the NCCL kernels' µs per decode step and device, by kernel name."""
     path = next(trace_dir.rglob("*.trace.json.gz"), None) or next(trace_dir.rglob("perfetto_trace.json.gz"))
     with gzip.open(path) as f:
         trace = json.load(f)
@@ -45,6 +50,12 @@ def kernel_summary(trace_dir: pathlib.Path, top: int) -> str:
              f"{'total µs':>10} {'count':>6} {'mean µs':>8}  kernel"]
     for name, total in totals.most_common(top):
         lines.append(f"{total:>10.0f} {counts[name]:>6} {total / counts[name]:>8.1f}  {name[:120]}")
+    per_step = steps * len(per_pid)
+    collectives = {name: total for name, total in totals.items() if name.startswith("nccl")}
+    lines.append(f"collectives (NCCL kernels), µs per decode step and device over {steps} steps, "
+                 f"{len(per_pid)} devices: {sum(collectives.values()) / per_step:.1f}")
+    for name, total in sorted(collectives.items(), key=lambda item: -item[1]):
+        lines.append(f"{total / per_step:>10.1f} {counts[name] / per_step:>6.1f}/step  {name[:120]}")
     return "\n".join(lines)
 
 
@@ -67,7 +78,7 @@ def main():
     mesh = None
     if args.mesh:
         mesh = chimera.make_mesh(**args.mesh, devices=jax.devices()[:math.prod(args.mesh.values())])
-    params = model.init(jax.random.key(0))
+    params = draw_params(model, jax.random.key(0), mesh)
     engine = Engine(model, params, max_batch=args.batch, max_len=args.prompt_len + args.gen, mesh=mesh)
     rng = np.random.default_rng(0)
     batch = args.batch
@@ -77,17 +88,20 @@ def main():
     row_ids = np.arange(batch, dtype=np.int32)
     cache_len = engine.cache_len(args.prompt_len + args.gen)
 
-    def decode():
-        state, first = engine.prefill_prompts(tokens, lengths, cache_len, row_ids, np.int32(0), Sampling())
-        jax.block_until_ready(state)
+    def prefill():
+        return jax.block_until_ready(
+            engine.prefill_prompts(tokens, lengths, cache_len, row_ids, np.int32(0), Sampling()))
+
+    def decode(state, first):
         return jax.block_until_ready(engine.decode(
             engine.params, state, first, np.ones((batch,), bool), row_ids, np.int32(0),
             np.full((STOP_SLOTS,), -1, np.int32), np.int32(args.gen), out_len=bucket(args.gen, 16),
             sampling=Sampling()))
 
-    decode()  # compile
+    decode(*prefill())  # compile
+    state, first = prefill()
     with jax.profiler.trace(str(out / "trace"), create_perfetto_trace=True):
-        decode()
+        decode(state, first)
     program = engine.programs(batch, cache_len).decode
     state_shape = jax.eval_shape(lambda: model.init_state(batch, cache_len))
     i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32)  # noqa: E731
@@ -96,7 +110,7 @@ def main():
                             i32(), i32(STOP_SLOTS), i32(), bucket(args.gen, 16), Sampling()).compile().as_text()
     (out / "decode.hlo.txt").write_text(hlo)
     summary = f"{args.config} batch {batch} mesh {args.mesh} gen {args.gen} on {jax.devices()[0].device_kind}\n"
-    summary += kernel_summary(out / "trace", args.top)
+    summary += kernel_summary(out / "trace", args.top, steps=args.gen - 1)
     (out / "summary.txt").write_text(summary)
     print(summary)
 

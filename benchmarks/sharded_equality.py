@@ -1,10 +1,11 @@
 """Greedy tokens on one device vs sharded over a mesh of the first N devices.
 
-    python benchmarks/sharded_equality.py --config llama-3-8b --mesh tensor=2 [--json out.json]
+    python benchmarks/sharded_equality.py --config llama-3-8b --mesh tensor=2 [--mesh tensor=8 ...] [--json out.json]
     python benchmarks/sharded_equality.py --config mixtral-tiny --mesh expert=2 --tiny   # on CPU
 
 Random weights (seeded), random prompts of several lengths, greedy decoding through the
-Engine; prints how many generated tokens agree, per prompt, and the first disagreement.
+Engine; prints, for each mesh, how many generated tokens agree with one device's, per prompt,
+and the first disagreement. The one-device tokens are decoded once for all meshes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import chimera  # noqa: E402
-from chimera.sharding.init import init_sharded  # noqa: E402
 
 
 def mesh_sizes(text: str) -> dict[str, int]:
@@ -39,7 +39,8 @@ def greedy(model, params, prompts, new_tokens, mesh):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--mesh", type=mesh_sizes, required=True, help="e.g. tensor=2 or expert=2")
+    parser.add_argument("--mesh", type=mesh_sizes, required=True, action="append",
+                        help="e.g. tensor=2 or expert=2; repeat for several meshes")
     parser.add_argument("--dtype", default=None, help="override the config's dtype")
     parser.add_argument("--prompts", default="5,17,33,64", help="prompt lengths")
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -53,20 +54,23 @@ def main(argv=None) -> int:
     model = chimera.build(config)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, config.vocab_size, int(n)).tolist() for n in args.prompts.split(",")]
-    n_devices = int(np.prod(list(args.mesh.values())))
-    mesh = chimera.make_mesh(**args.mesh, devices=jax.devices()[:n_devices])
-    # The same params both times, bit for bit; the first device's whole copy is freed before the
-    # mesh run, which draws each layer straight into its shards.
-    alone = greedy(model, model.init(jax.random.key(0)), prompts, args.new_tokens, None)
-    sharded = greedy(model, init_sharded(model, jax.random.key(0), mesh), prompts, args.new_tokens, mesh)
-    rows = []
-    for prompt, a, s in zip(prompts, alone, sharded):
-        first = next((i for i, (x, y) in enumerate(zip(a, s)) if x != y), None)
-        rows.append({"prompt_len": len(prompt), "agree": sum(x == y for x, y in zip(a, s)), "of": len(a),
-                     "first_difference": first})
-    report = {"config": config.name, "dtype": config.dtype, "mesh": args.mesh, "device": jax.devices()[0].device_kind,
-              "jax_version": jax.__version__, "identical": all(r["first_difference"] is None for r in rows),
-              "rows": rows}
+    # The same params for every run: the Engine places them on each mesh (a copy per mesh).
+    params = model.init(jax.random.key(0))
+    alone = greedy(model, params, prompts, args.new_tokens, None)
+    meshes = []
+    for sizes in args.mesh:
+        n_devices = int(np.prod(list(sizes.values())))
+        mesh = chimera.make_mesh(**sizes, devices=jax.devices()[:n_devices])
+        sharded = greedy(model, params, prompts, args.new_tokens, mesh)
+        rows = []
+        for prompt, a, s in zip(prompts, alone, sharded):
+            first = next((i for i, (x, y) in enumerate(zip(a, s)) if x != y), None)
+            rows.append({"prompt_len": len(prompt), "agree": sum(x == y for x, y in zip(a, s)), "of": len(a),
+                         "first_difference": first})
+        meshes.append({"mesh": sizes, "identical": all(r["first_difference"] is None for r in rows), "rows": rows})
+    report = {"config": config.name, "dtype": config.dtype, "device": jax.devices()[0].device_kind,
+              "jax_version": jax.__version__, "matmul_precision": jax.config.jax_default_matmul_precision,
+              "identical": all(m["identical"] for m in meshes), "meshes": meshes}
     print(json.dumps(report, indent=1))
     if args.json:
         with open(args.json, "w") as f:
