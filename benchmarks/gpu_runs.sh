@@ -97,49 +97,28 @@ case "${1:-chimera}" in
       $B --config $cfg --mesh expert=8 --json $R/$cfg-expert8.json; save
     done
     ;;
-  x8-collectives)  # 8 GPUs: all-to-all time from traces; expert=4,tensor=2; sharded == 1 GPU in float32 (concurrent)
+  x8-remaining)  # 8 GPUs, what x8-final had no time for: DeepSeek-V2-Lite on 1 GPU, expert=4, expert=8 and its
+                 # all-to-all time (trace); Mixtral-8x7b expert=4 and expert=4,tensor=2; llama-3-8b tensor=8 equality
     R=/tmp/results; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    B="python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --gen 32 --repeats 2 --batch 1,16"
+    $B --config deepseek-v2-lite --json $R/deepseek-v2-lite-1gpu.json; save
+    for mesh in expert=8 expert=4; do $B --config deepseek-v2-lite --mesh $mesh --json $R/deepseek-v2-lite-$mesh.json; save; done
+    for mesh in expert=4 expert=4,tensor=2; do $B --config mixtral-8x7b --mesh $mesh --json $R/mixtral-8x7b-$mesh.json; save; done
     for cfg in deepseek-v2-lite mixtral-8x7b; do
       python3 benchmarks/profile_decode.py --config $cfg --mesh expert=8 --batch 16 --top 25 --out $R/profile-$cfg-expert8
       rm -rf $R/profile-$cfg-expert8/trace $R/profile-$cfg-expert8/decode.hlo.txt; save
     done
-    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
-    sed 's/^n_layers: .*/n_layers: 2/' configs/llama-3-70b.yaml > $R/llama-3-70b-2layers.yaml
-    export JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false
-    E="python3 benchmarks/sharded_equality.py --dtype float32"
-    CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7 $E --config llama-3-8b --mesh tensor=2 --mesh tensor=4 --mesh tensor=8 \
-      --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-8b.json > $R/equality-llama-3-8b.log 2>&1 &
-    CUDA_VISIBLE_DEVICES=2,3,4,5,6,7,0,1 $E --config $R/llama-3-70b-2layers.yaml --mesh tensor=2 --mesh tensor=4 \
-      --mesh tensor=8 --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-70b-2layers.json > $R/equality-70b.log 2>&1 &
-    CUDA_VISIBLE_DEVICES=4,5,6,7,0,1,2,3 $E --config $R/mixtral-8layers.yaml --mesh expert=4 --mesh expert=8 \
-      --mesh expert=4,tensor=2 --prompts 5,17,40 --new-tokens 24 --json $R/equality-mixtral-8layers.json > $R/equality-mixtral.log 2>&1 &
-    CUDA_VISIBLE_DEVICES=6,7,0,1,2,3,4,5 $E --config deepseek-v2-lite --mesh expert=4 --mesh expert=8 \
-      --prompts 5,17,40 --new-tokens 24 --json $R/equality-deepseek-v2-lite.json > $R/equality-dsv2.log 2>&1 &
-    wait; save
-    B="python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --gen 32 --repeats 2 --batch 1,16"
-    unset JAX_DEFAULT_MATMUL_PRECISION XLA_PYTHON_CLIENT_PREALLOCATE
-    $B --config mixtral-8x7b --mesh expert=4,tensor=2 --json $R/mixtral-8x7b-expert4-tensor2.json; save
+    JAX_DEFAULT_MATMUL_PRECISION=highest python3 benchmarks/sharded_equality.py --dtype float32 --config llama-3-8b \
+      --mesh tensor=8 --mesh tensor=2 --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-8b.json; save
     ;;
-  x8-final)  # 8 GPUs, the last minutes: DeepSeek-V2-Lite's all-to-all (trace), sharded == 1 GPU in float32 for
-             # every configuration of x8-timing (four processes at once), DeepSeek-V2-Lite's expert=8 timing
-    R=/tmp/results; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
-    timeout 80 python3 benchmarks/profile_decode.py --config deepseek-v2-lite --mesh expert=8 --batch 16 --top 25 \
-      --out $R/profile-deepseek-v2-lite-expert8
-    rm -rf $R/profile-deepseek-v2-lite-expert8/trace $R/profile-deepseek-v2-lite-expert8/decode.hlo.txt; save
-    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
-    sed 's/^n_layers: .*/n_layers: 2/' configs/llama-3-70b.yaml > $R/llama-3-70b-2layers.yaml
-    E="timeout 150 env JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false python3 benchmarks/sharded_equality.py --dtype float32"
-    CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7 $E --config llama-3-8b --mesh tensor=2 --mesh tensor=4 --mesh tensor=8 \
-      --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-8b.json > $R/equality-llama-3-8b.log 2>&1 &
-    CUDA_VISIBLE_DEVICES=2,3,4,5,6,7,0,1 $E --config $R/llama-3-70b-2layers.yaml --mesh tensor=4 --mesh tensor=8 \
-      --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-70b-2layers.json > $R/equality-70b.log 2>&1 &
-    CUDA_VISIBLE_DEVICES=4,5,6,7,0,1,2,3 $E --config $R/mixtral-8layers.yaml --mesh expert=8 \
-      --prompts 5,17,40 --new-tokens 24 --json $R/equality-mixtral-8layers.json > $R/equality-mixtral.log 2>&1 &
-    CUDA_VISIBLE_DEVICES=6,7,0,1,2,3,4,5 $E --config deepseek-v2-lite --mesh expert=8 \
-      --prompts 5,17,40 --new-tokens 24 --json $R/equality-deepseek-v2-lite.json > $R/equality-dsv2.log 2>&1 &
-    wait; tail -n 3 $R/equality-*.log; save
-    timeout 90 python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --gen 32 --repeats 2 --batch 1,16 \
-      --config deepseek-v2-lite --mesh expert=8 --json $R/deepseek-v2-lite-expert8.json; save
+  tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
+                   # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
+    for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \
+                 "--xla_gpu_enable_nccl_user_buffers=true"; do
+      XLA_FLAGS="$flags" python3 benchmarks/collective_latency.py --devices 2
+      XLA_FLAGS="$flags" python3 -m chimera.runtime.cli bench --config llama-3-8b --batch 1 --prompt-len 128 --gen 32 \
+        --dtype bfloat16 --repeats 2 --mesh tensor=2
+    done
     ;;
   tp-latency)  # 2+ GPUs: per-all-reduce latency and llama-3-8b tensor=2 batch 1 under XLA command-buffer settings
     nvidia-smi topo -m
