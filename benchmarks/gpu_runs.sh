@@ -100,6 +100,7 @@ case "${1:-chimera}" in
   x8-remaining)  # 8 GPUs, what x8-final had no time for: DeepSeek-V2-Lite on 1 GPU, expert=4, expert=8 and its
                  # all-to-all time (trace); Mixtral-8x7b expert=4 and expert=4,tensor=2; llama-3-8b tensor=8 equality
     R=/tmp/results; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    python3 benchmarks/matvec_lowering.py --json $R/matvec-lowering.json; save  # incl. the MoE gather products
     B="python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --gen 32 --repeats 2 --batch 1,16"
     $B --config deepseek-v2-lite --json $R/deepseek-v2-lite-1gpu.json; save
     for mesh in expert=8 expert=4; do $B --config deepseek-v2-lite --mesh $mesh --json $R/deepseek-v2-lite-$mesh.json; save; done

@@ -10,6 +10,11 @@ dependent products inside one jit (so dispatch is amortised):
 - `rows16`: 16 rows (a batch-16 step), for reference.
 It prints µs per product, the bandwidth on W's bytes, and whether the compiled program holds
 a GEMM (`gemm`/`triton`/`cublas` in its HLO) or only reduce fusions.
+
+Then the MoE `gather` path's per-row products (`moe/dispatch.py:gather_mlp`): M routed rows
+x [M, D], each through its own expert's gathered matrix W[ids] [M, D, F], as `row`
+("md,mdf->mf", a vector left operand) and `two_rows` (each row padded to two), for
+DeepSeek-V2-Lite's and Mixtral's expert shapes at batch 1; bandwidth on the M matrices' bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import jax.numpy as jnp
 from timing import median_seconds
 
 SHAPES = [(4096, 1024), (4096, 2048), (2048, 4096), (2048, 2048), (4096, 4096), (4096, 7168), (4096, 14336)]
+EXPERT_SHAPES = [(2048, 1408, 64, 6), (4096, 14336, 8, 2)]  # D, F, experts, routed rows: DeepSeek-V2-Lite, Mixtral
 
 
 def product(variant: str):
@@ -46,8 +52,22 @@ def looped(variant: str, steps: int):
     return run
 
 
-def lowering(run, x, w) -> str:
-    text = run.lower(x, w).compile().as_text().lower()
+def gathered_looped(variant: str, steps: int):
+    @jax.jit
+    def run(x, w, ids):  # x [M, D], w [E, D, F], ids [M]
+        def body(_, x):
+            matrices = w[ids]  # [M, D, F]
+            if variant == "row":
+                y = jnp.einsum("md,mdf->mf", x, matrices)
+            else:
+                y = jnp.einsum("mrd,mdf->mrf", jnp.pad(x[:, None], ((0, 0), (0, 1), (0, 0))), matrices)[:, 0]
+            return x + (jnp.max(y) * 1e-6).astype(x.dtype)
+        return jax.lax.fori_loop(0, steps, body, x)
+    return run
+
+
+def lowering(run, *operands) -> str:
+    text = run.lower(*operands).compile().as_text().lower()
     return "gemm" if any(word in text for word in ("__triton_gemm", "cublas", "gemm_fusion", "nvjet")) else "reduce"
 
 
@@ -65,6 +85,17 @@ def main():
             seconds = median_seconds(run, (x, w), repeats=5) / args.steps
             rows.append({"k": k, "n": n, "variant": variant, "us": seconds * 1e6,
                          "weight_tb_s": k * n * 2 / seconds / 1e12, "lowering": lowering(run, x, w)})
+            print(json.dumps(rows[-1]))
+    for d, f, n_experts, m in EXPERT_SHAPES:
+        w = jax.random.normal(jax.random.key(0), (n_experts, d, f), jnp.bfloat16)
+        x = jax.random.normal(jax.random.key(1), (m, d), jnp.bfloat16)
+        ids = jax.random.permutation(jax.random.key(2), n_experts)[:m]
+        for variant in ("row", "two_rows"):
+            run = gathered_looped(variant, args.steps)
+            seconds = median_seconds(run, (x, w, ids), repeats=5) / args.steps
+            rows.append({"experts": n_experts, "routed": m, "k": d, "n": f, "variant": f"gather_{variant}",
+                         "us": seconds * 1e6, "weight_tb_s": m * d * f * 2 / seconds / 1e12,
+                         "lowering": lowering(run, x, w, ids)})
             print(json.dumps(rows[-1]))
     report = {"device": jax.devices()[0].device_kind, "jax_version": jax.__version__, "rows": rows}
     if args.json:
