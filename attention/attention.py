@@ -237,9 +237,9 @@ class Attention:
             out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), scale=self.scale,
                                                is_causal=True, query_seq_lengths=lengths,
                                                key_value_seq_lengths=lengths, implementation="cudnn")
-        else:  # the einsum attention `cached` uses, over the chunk's T keys instead of the cache's S
-            position = jnp.arange(q.shape[1])
-            mask = (position[None, :] <= position[:, None])[None] & (position < lengths[:, None])[:, None, :]  # [B, T, T]
+        else:  # `cached`'s attention over the chunk's T keys instead of the cache's S: key j holds
+            # position j, and padding keys sit past every valid query, so the causal mask hides them
+            mask = self.mask(ctx.positions, jnp.arange(q.shape[1]))  # [B, T, T]
             out = attend(q, k, v, mask, scale=self.scale)
         # Padding queries see no key: zeros, whatever the implementation's convention (no NaN
         # may reach the padding tokens' later layers, where a MoE router sees them).

@@ -22,11 +22,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import chimera  # noqa: E402
-
-
-def mesh_sizes(text: str) -> dict[str, int]:
-    """'expert=2,tensor=1' -> {'expert': 2, 'tensor': 1}."""
-    return {key: int(value) for key, value in (item.split("=") for item in text.split(","))}
+from chimera.runtime.cli import mesh_sizes  # noqa: E402
 
 
 def greedy(model, params, prompts, new_tokens, mesh):

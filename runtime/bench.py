@@ -129,7 +129,7 @@ def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: in
         raise ValueError(f"need prompt lengths >= 1 and gen >= 2, got {prompt_lens} and {gen}")
     model = build(config)
     # One jitted draw per layer kind; with a mesh each device draws only its own slices, so a
-    # model larger than one device fits and a 70B model is drawn in seconds. Only shapes and
+    # model larger than one device fits and nothing travels between devices. Only shapes and
     # magnitudes matter here, so the values need not be `model.init`'s.
     params = draw_params(model, jax.random.key(seed), mesh)
     device = jax.devices()[0]

@@ -8,8 +8,8 @@ with the same keys and splits each over the mesh as soon as it is drawn, so the 
 holds its own slices plus one layer's float32 draws at a time: for Llama-3-70B (141 GB in
 bfloat16) 3.4 GB per layer, 8.4 GB for the embedding and LM head.
 
-Why not jit each layer's init with `out_shardings`, so that every device draws only its own
-slices? Its values would not be `model.init`'s: within one program XLA rewrites floating point
+Why does `init_sharded` not jit each layer's init with `out_shardings`, as `draw_params` does?
+Its values would not be `model.init`'s: within one program XLA rewrites floating point
 across operations that eager execution compiles one by one. `normal(k, shape) * d ** -0.5`
 becomes erf_inv(u) * (sqrt(2) * d ** -0.5), an ulp off in ~60% of the elements for a d that is
 not a power of 4, and fused log/expm1 chains (Mamba's A_log and dt_bias, RWKV-7's decay) round
