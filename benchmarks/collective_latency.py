@@ -2,10 +2,12 @@
 all-reduces of a [batch, d_model] activation, with one small matmul between each (the shape
 of a Megatron block at batch 1), against the same chain without the all-reduces.
 
-    python benchmarks/collective_latency.py --devices 2 [--chain 64] [--d-model 4096] [--json out.json]
+    python benchmarks/collective_latency.py --devices 2 [--chain 64] [--d-model 4096] [--json out.json] [--trace DIR]
 
 Run it under different XLA_FLAGS / NCCL_* settings to see what the per-collective cost is;
-it prints microseconds per all-reduce = (chain with - chain without) / N.
+it prints microseconds per all-reduce = (chain with - chain without) / N. `--trace DIR` also
+profiles one call of the chain with all-reduces and prints its kernels, which shows how XLA
+ran the all-reduce (an NCCL kernel, or XLA's own `all_reduce_*` kernel) under those settings.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +32,7 @@ def main():
     parser.add_argument("--loops", type=int, default=32, help="chains per call (a while loop, like decode)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json")
+    parser.add_argument("--trace", help="write a profile of one chain call here and print its kernels")
     args = parser.parse_args()
     mesh = jax.make_mesh((args.devices,), ("tensor",), devices=jax.devices()[:args.devices])
     d, width = args.d_model, 4 * args.d_model // args.devices
@@ -69,6 +73,12 @@ def main():
               "nccl": {k: v for k, v in os.environ.items() if k.startswith("NCCL_")},
               "device": jax.devices()[0].device_kind, "jax_version": jax.__version__}
     print(json.dumps(result))
+    if args.trace:
+        from profile_decode import kernel_summary  # this folder is on the path (run as a script)
+        run = chain(True)
+        with jax.profiler.trace(args.trace, create_perfetto_trace=True):
+            jax.block_until_ready(run(x, w_out, w_in))
+        print(kernel_summary(pathlib.Path(args.trace), top=12, steps=args.loops))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -112,6 +112,32 @@ case "${1:-chimera}" in
     JAX_DEFAULT_MATMUL_PRECISION=highest python3 benchmarks/sharded_equality.py --dtype float32 --config llama-3-8b \
       --mesh tensor=8 --mesh tensor=2 --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-8b.json; save
     ;;
+  x4-diagnose)  # 4 GPUs (session 5): where a tensor=2 batch-1 step goes now (profiles), how XLA runs its
+                # all-reduces under each collective setting (traced), llama-3-8b tensor=2 under the settings,
+                # the MoE gather products, DeepSeek-V2-Lite on 1 GPU and expert=4. Tarred after each step.
+    R=/tmp/results; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    python3 benchmarks/xla_flags.py > $R/xla-flags.txt; cat $R/xla-flags.txt; save
+    for mesh in "--mesh tensor=2" ""; do
+      name=profile-llama-3-8b$(echo "$mesh" | tr -d ' =-' | sed 's/mesh/-/')-b1
+      timeout 180 python3 benchmarks/profile_decode.py --config llama-3-8b $mesh --batch 1 --top 80 --out $R/$name
+      rm -rf $R/$name/trace; save
+    done
+    for flags in "" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \
+                 "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_enable_nccl_user_buffers=true" \
+                 "--xla_gpu_unsupported_use_all_reduce_one_shot_kernel=true" "--xla_gpu_allow_all_reduce_kernel=false"; do
+      echo "== XLA_FLAGS=$flags"
+      XLA_FLAGS="$flags" timeout 90 python3 benchmarks/collective_latency.py --devices 2 --trace /tmp/cl-trace
+      rm -rf /tmp/cl-trace
+    done 2>&1 | tee $R/all-reduce-settings.txt; save
+    B="python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --gen 32 --repeats 2"
+    for flags in "" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" "--xla_gpu_disable_async_collectives=ALLREDUCE"; do
+      tag=$(echo "$flags" | sed 's/--xla_gpu_//; s/=.*//'); tag=${tag:-default}
+      XLA_FLAGS="$flags" timeout 120 $B --config llama-3-8b --batch 1 --mesh tensor=2 --json $R/llama-3-8b-tensor2-$tag.json; save
+    done
+    timeout 90 python3 benchmarks/matvec_lowering.py --json $R/matvec-lowering.json; save
+    timeout 150 $B --config deepseek-v2-lite --batch 1,16 --json $R/deepseek-v2-lite-1gpu.json; save
+    timeout 150 $B --config deepseek-v2-lite --batch 1,16 --mesh expert=4 --json $R/deepseek-v2-lite-expert4.json; save
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \

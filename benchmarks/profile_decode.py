@@ -30,6 +30,10 @@ from chimera.runtime.sampling import Sampling
 from chimera.sharding.init import draw_params
 
 
+COLLECTIVE_PREFIXES = ("all_reduce", "all-reduce", "psum", "all_to_all", "all-to-all", "all_gather",
+                       "all-gather", "reduce_scatter", "reduce-scatter", "ragged_all_to_all")
+
+
 def kernel_summary(trace_dir: pathlib.Path, top: int, steps: int) -> str:
     """Device-side events of the Perfetto trace, grouped by name: total µs, count, mean µs; then
     the NCCL kernels' µs per decode step and device, by kernel name."""
@@ -51,11 +55,17 @@ def kernel_summary(trace_dir: pathlib.Path, top: int, steps: int) -> str:
     for name, total in totals.most_common(top):
         lines.append(f"{total:>10.0f} {counts[name]:>6} {total / counts[name]:>8.1f}  {name[:120]}")
     per_step = steps * len(per_pid)
-    collectives = {name: total for name, total in totals.items() if name.startswith("nccl")}
-    lines.append(f"collectives (NCCL kernels), µs per decode step and device over {steps} steps, "
-                 f"{len(per_pid)} devices: {sum(collectives.values()) / per_step:.1f}")
-    for name, total in sorted(collectives.items(), key=lambda item: -item[1]):
-        lines.append(f"{total / per_step:>10.1f} {counts[name] / per_step:>6.1f}/step  {name[:120]}")
+    # XLA runs small all-reduces with its own kernel (a fusion named after the collective) rather
+    # than NCCL; both hold the stream until every device has arrived.
+    kinds = {"NCCL kernels": lambda name: name.startswith("nccl"),
+             "XLA collective kernels": lambda name: name.startswith(COLLECTIVE_PREFIXES)}
+    for kind, matches in kinds.items():
+        collectives = {name: total for name, total in totals.items() if matches(name)}
+        lines.append(f"collectives ({kind}), µs per decode step and device over {steps} steps, "
+                     f"{len(per_pid)} devices: {sum(collectives.values()) / per_step:.1f} "
+                     f"in {sum(counts[name] for name in collectives) / per_step:.1f} kernels")
+        for name, total in sorted(collectives.items(), key=lambda item: -item[1])[:8]:
+            lines.append(f"{total / per_step:>10.1f} {counts[name] / per_step:>6.1f}/step  {name[:120]}")
     return "\n".join(lines)
 
 

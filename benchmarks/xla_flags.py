@@ -14,7 +14,8 @@ import jaxlib
 NAMES = ["xla_gpu_enable_dot_strength_reduction", "xla_gpu_unsupported_use_all_reduce_one_shot_kernel",
          "xla_gpu_gemm_rewrite_size_threshold", "xla_gpu_enable_command_buffer",
          "xla_gpu_disable_async_collectives", "xla_gpu_experimental_enable_nccl_symmetric_buffers",
-         "xla_gpu_enable_nccl_user_buffers"]
+         "xla_gpu_enable_nccl_user_buffers", "xla_gpu_experimental_enable_nvshmem", "xla_gpu_allow_all_reduce_kernel",
+         "xla_gpu_collectives_implementation"]
 
 
 def main():
