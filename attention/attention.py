@@ -12,6 +12,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from chimera.architectures.config import ConfigError, require_positive
 from chimera.attention.core import attend, grouped_logits, mix, probabilities
@@ -20,6 +21,7 @@ from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies,
 from chimera.runtime.linear import linear
 from chimera.runtime.norm import rms_norm
 from chimera.runtime.protocol import Context, register_mixer
+from chimera.sharding.rules import mesh_axes_for, partition_spec
 
 
 def write_cache(cache: jax.Array, new: jax.Array, ctx: Context) -> jax.Array:
@@ -204,24 +206,46 @@ class Attention:
     def use_decode_kernel(self, n_new: int) -> bool:
         """Whether a call appending `n_new` tokens per row attends with `decode_attention`:
         a one-token step of a block the kernel fits, on a GPU ("auto") or anywhere ("pallas").
-        Never when traced under a mesh: XLA's SPMD partitioner cannot split a pallas_call, so
-        the XLA path (which it can shard) runs there."""
+        Under a mesh only where the mesh splits the query heads as it splits the KV heads
+        (`kernel_split`): each device then runs the kernel on its own heads."""
         if self.decode_kernel == "xla" or n_new != 1 or self.kernel_misfit() is not None:
             return False
-        if not jax.sharding.get_abstract_mesh().empty:
+        mesh = jax.sharding.get_abstract_mesh()
+        if not mesh.empty and self.kernel_split(mesh) is None:
             return False
         return self.decode_kernel == "pallas" or jax.default_backend() == "gpu"
+
+    def kernel_split(self, mesh) -> tuple[str, ...] | None:
+        """The mesh axes splitting both the query heads and the KV heads (() if neither is split),
+        or None when the rules split them differently (KV heads replicated because the tensor
+        axis does not divide them): a device's query heads would then need KV heads it does
+        not hold alone, and the XLA path, which XLA partitions itself, runs instead."""
+        heads = mesh_axes_for("heads", self.n_heads, mesh)
+        return heads if heads == mesh_axes_for("kv_heads", self.n_kv_heads, mesh) else None
 
     def decode_attend(self, q, k_cache, v_cache, ctx: Context):
         """q [B, 1, H, Dh] over the caches [B, S, Hkv, Dh] by `decode_attention` -> [B, 1, H, Dh].
 
         A valid row at position p sees slots 0..p, as the causal mask lets it; a padding row
-        (output ignored) gets length 0, so it reads nothing and gives zeros."""
+        (output ignored) gets length 0, so it reads nothing and gives zeros. Under a mesh, XLA's
+        partitioner cannot split a pallas_call: `jax.shard_map` runs it on each device's rows
+        and heads (a KV head and its query heads sit on the same device: `kernel_split`)."""
         slots = k_cache.shape[1]
         lengths = jnp.where(ctx.valid[:, 0], jnp.minimum(ctx.positions[:, 0] + 1, slots), 0)  # [B]
-        out = decode_attention(q[:, 0], k_cache, v_cache, lengths, scale=self.scale,
-                               interpret=jax.default_backend() != "gpu")  # [B, H, Dh]
-        return out[:, None]  # [B, 1, H, Dh]
+
+        def attend_local(q, k_cache, v_cache, lengths):  # this device's rows and heads
+            out = decode_attention(q[:, 0], k_cache, v_cache, lengths, scale=self.scale,
+                                   interpret=jax.default_backend() != "gpu")  # [b, h, Dh]
+            return out[:, None]  # [b, 1, h, Dh]
+
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty:
+            return attend_local(q, k_cache, v_cache, lengths)
+        q_spec = partition_spec(("batch", None, "heads", "head_dim"), q.shape, mesh)
+        cache_spec = partition_spec(self.state_axes()["k"], k_cache.shape, mesh)
+        lengths_spec = PartitionSpec(q_spec[0])
+        return jax.shard_map(attend_local, mesh=mesh, in_specs=(q_spec, cache_spec, cache_spec, lengths_spec),
+                             out_specs=q_spec, check_vma=False)(q, k_cache, v_cache, lengths)
 
     def fresh_attend(self, q, k, v, ctx: Context):
         """A chunk that starts every row at position 0 (an empty cache): q [B, T, H, Dh] attends

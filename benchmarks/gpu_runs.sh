@@ -138,6 +138,26 @@ case "${1:-chimera}" in
     timeout 150 $B --config deepseek-v2-lite --batch 1,16 --json $R/deepseek-v2-lite-1gpu.json; save
     timeout 150 $B --config deepseek-v2-lite --batch 1,16 --mesh expert=4 --json $R/deepseek-v2-lite-expert4.json; save
     ;;
+  x4-tp-kernel)  # 4 GPUs (session 5): the decode kernel under shard_map; llama-3-8b on 1/2/4 GPUs, tensor=2
+                 # under XLA command-buffer / split-K settings, its profile, sharded == 1 GPU, llama-3-70b tensor=4
+    R=/tmp/results; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    B="python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --gen 32 --repeats 2"
+    timeout 100 $B --config llama-3-8b --batch 1,16 --mesh tensor=2 --json $R/llama-3-8b-tensor2.json; save
+    graphs="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,COLLECTIVES,WHILE,CONDITIONAL"
+    for flags in "$graphs" "--xla_gpu_enable_command_buffer=" "--xla_gpu_enable_split_k_autotuning=false"; do
+      tag=$(echo "$flags" | sed 's/--xla_gpu_//; s/=.*//'); [ "$flags" = "--xla_gpu_enable_command_buffer=" ] && tag=no_command_buffer
+      XLA_FLAGS="$flags" timeout 80 $B --config llama-3-8b --batch 1 --mesh tensor=2 --json $R/llama-3-8b-tensor2-$tag.json; save
+    done
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 python3 benchmarks/sharded_equality.py --dtype float32 \
+      --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --mesh tensor=4 --prompts 5,40 --new-tokens 16 \
+      --json $R/equality-llama-3-8b-8layers.json; save
+    timeout 100 python3 benchmarks/profile_decode.py --config llama-3-8b --mesh tensor=2 --batch 1 --top 60 --out $R/profile-tensor2-b1
+    rm -rf $R/profile-tensor2-b1/trace; gzip $R/profile-tensor2-b1/decode.hlo.txt; save
+    timeout 80 $B --config llama-3-8b --batch 1,16 --json $R/llama-3-8b-1gpu.json; save
+    timeout 90 $B --config llama-3-8b --batch 1,16 --mesh tensor=4 --json $R/llama-3-8b-tensor4.json; save
+    timeout 200 $B --config llama-3-70b --batch 1,16 --mesh tensor=4 --json $R/llama-3-70b-tensor4.json; save
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \

@@ -12,6 +12,7 @@ import chimera
 from chimera.attention.decode_kernel import decode_attention, decode_attention_reference
 from chimera.runtime.protocol import MIXERS
 from mixer_harness import preset_with
+from sharding_cases import greedy_tokens, random_params
 
 SLOTS, HEAD_DIM = 200, 16  # 200: a multiple of no splits * block_k below, so the last block crosses S
 # 1 slot, block boundaries (16, 32, 64), a non-multiple, the full cache, an empty row.
@@ -155,8 +156,27 @@ def test_auto_uses_the_kernel_only_where_it_computes_the_same(monkeypatch):
     assert not block(softcap=30.0).use_decode_kernel(1)
     assert not block(learned_sinks=True).use_decode_kernel(1)
     assert not block(head_dim=8).use_decode_kernel(1)
-    with jax.set_mesh(chimera.make_mesh(data=len(jax.devices()))):  # XLA's partitioner cannot split a pallas_call
+    # Under a mesh, shard_map runs the kernel per device where a device holds whole KV-head groups.
+    with jax.set_mesh(chimera.make_mesh(data=len(jax.devices()))):
+        assert block().use_decode_kernel(1)
+    with jax.set_mesh(chimera.make_mesh(data=4, tensor=2)):  # 4 query heads, 2 KV heads: 2 + 1 per device
+        assert block().use_decode_kernel(1)
+    with jax.set_mesh(chimera.make_mesh(data=2, tensor=4)):  # 2 KV heads cannot split 4 ways: replicated
         assert not block().use_decode_kernel(1)
+
+
+@pytest.mark.parametrize("mesh_sizes", [dict(data=2, tensor=2), dict(tensor=4)])
+def test_decode_kernel_on_a_mesh_decodes_as_one_device(mesh_sizes):
+    """llama-tiny (4 query heads on 2 KV heads) with decode_kernel "pallas": on data=2 x tensor=2
+    each device runs the kernel (under shard_map) on its rows and its KV head's query heads; on
+    tensor=4, which cannot split the 2 KV heads, the XLA path runs. Greedy tokens equal one
+    device's either way."""
+    model = chimera.build(chimera.ModelConfig.from_dict(preset_with("llama-tiny", decode_kernel="pallas")))
+    params = random_params(model)
+    mesh = chimera.make_mesh(**mesh_sizes, devices=jax.devices()[:4])
+    with jax.set_mesh(mesh):
+        assert model.blocks[0][0].use_decode_kernel(1) == ("data" in mesh_sizes)
+    assert greedy_tokens(model, params, mesh) == greedy_tokens(model, params)
 
 
 @pytest.mark.parametrize("preset, fields", [
