@@ -158,6 +158,22 @@ case "${1:-chimera}" in
     timeout 90 $B --config llama-3-8b --batch 1,16 --mesh tensor=4 --json $R/llama-3-8b-tensor4.json; save
     timeout 200 $B --config llama-3-70b --batch 1,16 --mesh tensor=4 --json $R/llama-3-70b-tensor4.json; save
     ;;
+  x4-equality)  # 4 GPUs (session 5): sharded == 1 GPU in float32 for the MoE and 70B meshes timed on 4 GPUs
+                # (three processes at once, each reference on a different GPU), then where a tensor=2 step idles
+    R=/tmp/results; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
+    sed 's/^n_layers: .*/n_layers: 2/' configs/llama-3-70b.yaml > $R/llama-3-70b-2layers.yaml
+    E="timeout 240 env JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false python3 benchmarks/sharded_equality.py --dtype float32"
+    CUDA_VISIBLE_DEVICES=0,1,2,3 $E --config $R/mixtral-8layers.yaml --mesh expert=4 --mesh expert=2,tensor=2 \
+      --prompts 5,17,40 --new-tokens 24 --json $R/equality-mixtral-8layers.json > $R/equality-mixtral.log 2>&1 &
+    CUDA_VISIBLE_DEVICES=1,2,3,0 $E --config deepseek-v2-lite --mesh expert=4 \
+      --prompts 5,17,40 --new-tokens 24 --json $R/equality-deepseek-v2-lite.json > $R/equality-dsv2.log 2>&1 &
+    CUDA_VISIBLE_DEVICES=2,3,0,1 $E --config $R/llama-3-70b-2layers.yaml --mesh tensor=2 \
+      --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-70b-2layers.json > $R/equality-70b.log 2>&1 &
+    wait; tail -n 3 $R/equality-*.log; save
+    timeout 100 python3 benchmarks/profile_decode.py --config llama-3-8b --mesh tensor=2 --batch 1 --top 30 --out $R/profile-tensor2-b1
+    rm -rf $R/profile-tensor2-b1/trace $R/profile-tensor2-b1/decode.hlo.txt; save
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \

@@ -18,6 +18,7 @@ import gzip
 import json
 import math
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -66,7 +67,32 @@ def kernel_summary(trace_dir: pathlib.Path, top: int, steps: int) -> str:
                      f"in {sum(counts[name] for name in collectives) / per_step:.1f} kernels")
         for name, total in sorted(collectives.items(), key=lambda item: -item[1])[:8]:
             lines.append(f"{total / per_step:>10.1f} {counts[name] / per_step:>6.1f}/step  {name[:120]}")
+    lines += idle_summary(events, device_pids, per_step)
     return "\n".join(lines)
+
+
+def idle_summary(events, device_pids, per_step: int, top: int = 8) -> list[str]:
+    """Time a device runs no kernel on any stream, between its first and last kernel, per decode
+    step and device; each idle gap is charged to the kernel that ended just before it (digits
+    in names folded to '#', so the 64 all-reduces of a step count as one name)."""
+    by_pid = collections.defaultdict(list)
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") in device_pids:
+            by_pid[e["pid"]].append((e["ts"], e["ts"] + e.get("dur", 0), re.sub(r"\d+", "#", e["name"])))
+    idle, after = 0.0, collections.Counter()
+    for spans in by_pid.values():
+        spans.sort()
+        end, last = spans[0][1], spans[0][2]
+        for start, stop, name in spans[1:]:
+            if start > end:
+                idle += start - end
+                after[last] += start - end
+            if stop > end:
+                end, last = stop, name
+    lines = [f"idle (no kernel running), µs per decode step and device: {idle / per_step:.1f}; after which kernel:"]
+    for name, total in after.most_common(top):
+        lines.append(f"{total / per_step:>10.1f}  {name[:120]}")
+    return lines
 
 
 def main():
