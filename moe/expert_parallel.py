@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from chimera.moe.dispatch import GroupedMatmul, combine, expert_rows, rank_in_group, slot_major
+from chimera.sharding.rules import partition_spec
 
 
 def expert_mesh():
@@ -79,6 +80,13 @@ def dropless(x, ids, weights, routed, experts, activation: str, grouped_matmul: 
     token_axes = tuple(name for name in ("data", "expert") if name in mesh.axis_names)
     n_shards = math.prod(mesh.shape[name] for name in token_axes)
     n_tokens, top_k = ids.shape
+    # The rows as the rest of the model holds them (split over the batch axes where they divide
+    # it, else whole). Without this XLA propagates the padded split below back into the router:
+    # at batch 1 it split the router's logits over their experts instead, and a softmax and a
+    # top_k over a split axis cost several small all-reduces per layer.
+    x, ids, weights, routed = (jax.lax.with_sharding_constraint(a, partition_spec(("batch",) + (None,) * (a.ndim - 1),
+                                                                                  a.shape, mesh))
+                               for a in (x, ids, weights, routed))
     pad = -n_tokens % n_shards
     x, ids, weights, routed = (jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))  # padding rows: routed False
                                for a in (x, ids, weights, routed))

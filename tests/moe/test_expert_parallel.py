@@ -1,7 +1,9 @@
 """Expert parallelism over 8 forced CPU devices (tests/conftest.py): the block traced under a
 mesh with an `expert` axis gives the single-device result; without one it stays local."""
 
+import collections
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -96,3 +98,20 @@ def test_model_forward_under_the_mesh():
     with jax.set_mesh(chimera.make_mesh(data=2, expert=4)):
         logits = sharded.forward(params, tokens)
     np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mesh", ["expert8", "expert4_tensor2"])
+def test_one_token_keeps_the_router_whole(mesh):
+    """A decode step of batch 1 (one token, replicated as the rest of the model holds it): the
+    compiled block exchanges its assignments (all-to-alls) and brings the token's output back
+    with one all-reduce (plus one over `tensor` for its d_ff shards), and splits nothing else.
+    Left alone, XLA split the router's logits over the experts to match the padded token split,
+    and the softmax and top_k over that split axis cost four more small all-reduces."""
+    block = BLOCKS["dropless"]
+    params = random_params(block)
+    x, ctx = inputs(1, 1, [1])
+    with jax.set_mesh(chimera.make_mesh(**MESHES[mesh])):
+        hlo = jax.jit(block.__call__).lower(params, x, ctx).compile().as_text()
+    collectives = collections.Counter(re.findall(r"[ )](all-reduce|all-gather|all-to-all)(?:-start)?\(", hlo))
+    assert collectives["all-reduce"] == (2 if "tensor" in mesh else 1), collectives
+    assert collectives["all-gather"] == 0, collectives
