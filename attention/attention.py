@@ -30,10 +30,22 @@ def write_cache(cache: jax.Array, new: jax.Array, ctx: Context) -> jax.Array:
     Padding tokens get the out-of-range slot S, which the scatter drops; so does
     nothing else (callers check capacity before they extend).
     """
-    batch, slots = cache.shape[:2]
+    slots = cache.shape[1]
     slot = jnp.where(ctx.valid, ctx.positions, slots)  # [B, T]
-    rows = jnp.arange(batch)[:, None]  # [B, 1]
-    return cache.at[rows, slot].set(new.astype(cache.dtype), mode="drop")
+    return write_rows(cache, slot, new)
+
+
+def write_rows(cache: jax.Array, slot: jax.Array, new: jax.Array) -> jax.Array:
+    """cache [B, S, ...], slot [B, T] int, new [B, T, ...] -> cache with new[b, t] at
+    cache[b, slot[b, t]]; a slot outside [0, S) is dropped.
+
+    One scatter per row (vmapped: the batch is a batching dimension of the scatter), so XLA's
+    partitioner sees that row b writes only row b and keeps a batch-split cache write local.
+    Written as one scatter over explicit row indices it all-gathered every layer's new keys,
+    values and indices from the whole batch (4 all-gathers a layer under data parallelism)."""
+    def write_row(row_cache, row_slot, row_new):  # [S, ...], [T], [T, ...]
+        return row_cache.at[row_slot].set(row_new.astype(row_cache.dtype), mode="drop")
+    return jax.vmap(write_row)(cache, slot, new)
 
 
 @register_mixer("attention")

@@ -35,7 +35,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from chimera.architectures.config import ConfigError, require_positive
-from chimera.attention.attention import Attention
+from chimera.attention.attention import Attention, write_rows
 from chimera.attention.core import grouped_logits, mix
 from chimera.runtime.protocol import Context, register_mixer
 
@@ -122,10 +122,9 @@ class H2OAttention(Attention):
         rank = jnp.cumsum(keep_new, axis=1) - 1  # [B, T]: i-th kept new token -> i-th free slot
         slot = jnp.take_along_axis(free_first, jnp.clip(rank, 0, slots - 1), axis=1)  # [B, T]
         slot = jnp.where(keep_new, slot, slots)  # [B, T]: the out-of-range slot is dropped
-        rows = jnp.arange(pos.shape[0])[:, None]  # [B, 1]
 
         def put(cache, new):
-            return cache.at[rows, slot].set(new.astype(cache.dtype), mode="drop")
+            return write_rows(cache, slot, new)
 
         return {"k": put(state["k"], k), "v": put(state["v"], v), "pos": put(pos, new_pos),
                 "score": put(old_score, score[:, slots:])}

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from chimera.architectures.config import require_positive
-from chimera.attention.attention import Attention
+from chimera.attention.attention import Attention, write_rows
 from chimera.runtime.protocol import Context, register_mixer
 
 
@@ -47,9 +47,7 @@ def ring_slots(ctx: Context, slots: int) -> jax.Array:
 def ring_write(ring: jax.Array, new: jax.Array, ctx: Context) -> jax.Array:
     """ring [B, R, ...], new [B, T, ...] -> ring with the chunk written at `ring_slots`;
     padding never touches it."""
-    batch, slots = ring.shape[:2]
-    rows = jnp.arange(batch)[:, None]  # [B, 1]
-    return ring.at[rows, ring_slots(ctx, slots)].set(new.astype(ring.dtype), mode="drop")
+    return write_rows(ring, ring_slots(ctx, ring.shape[1]), new)
 
 
 def window_mask(key_positions: jax.Array, query_positions: jax.Array, window: int) -> jax.Array:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import chimera
+from chimera.attention.attention import write_rows
 from chimera.attention.h2o import H2OAttention
 from chimera.attention.sinks import SinkAttention
 from chimera.attention.sparse import BlockSparseAttention
@@ -227,3 +228,25 @@ def test_option_config_errors():
         chimera.ModelConfig.from_dict(config(head_dim=7))
     # Without RoPE nothing pairs dimensions: an odd head_dim is fine.
     assert chimera.ModelConfig.from_dict(config(head_dim=7, use_rope=False)).mixer_blocks["attn"].head_dim == 7
+
+
+def test_write_rows_writes_each_row_and_drops_out_of_range_slots():
+    """write_rows == a numpy loop: new[b, t] lands at cache[b, slot[b, t]]; slots past the cache
+    (padding tokens get S) are dropped, nothing clipped; under a mesh splitting the batch the
+    compiled write exchanges nothing (each device writes its own rows)."""
+    rng = np.random.default_rng(0)
+    cache = rng.normal(size=(8, 6, 2, 3)).astype(np.float32)  # [B, S, Hkv, Dh]
+    new = rng.normal(size=(8, 2, 2, 3)).astype(np.float32)  # [B, T, Hkv, Dh]
+    slot = np.array([[0, 1], [5, 6], [6, 6], [2, 3], [4, 5], [1, 0], [3, 6], [0, 2]], np.int32)  # 6 = S: dropped
+    want = cache.copy()
+    for b, t in np.ndindex(slot.shape):
+        if slot[b, t] < cache.shape[1]:
+            want[b, slot[b, t]] = new[b, t]
+    np.testing.assert_array_equal(write_rows(jnp.asarray(cache), jnp.asarray(slot), jnp.asarray(new)), want)
+
+    mesh = chimera.make_mesh(data=4, devices=jax.devices()[:4])
+    split = lambda a: jax.device_put(a, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))  # noqa: E731
+    args = tuple(map(split, (cache, slot, new)))
+    hlo = jax.jit(write_rows).lower(*args).compile().as_text()
+    assert not any(op in hlo for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute")), hlo
+    np.testing.assert_array_equal(jax.jit(write_rows)(*args), want)
