@@ -174,6 +174,23 @@ case "${1:-chimera}" in
     timeout 100 python3 benchmarks/profile_decode.py --config llama-3-8b --mesh tensor=2 --batch 1 --top 30 --out $R/profile-tensor2-b1
     rm -rf $R/profile-tensor2-b1/trace $R/profile-tensor2-b1/decode.hlo.txt; save
     ;;
+  next-lease)  # 4 GPUs (prepared in session 5, not run): what the last changes did on the GPU (the per-row cache
+               # write on 1 GPU and under data=2; the MoE router kept whole at batch 1), then collective settings
+    R=/tmp/results; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    B="python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --gen 32 --repeats 2"
+    timeout 80 $B --config llama-3-8b --batch 1,16 --json $R/llama-3-8b-1gpu.json; save
+    timeout 90 $B --config llama-3-8b --batch 1,16 --mesh tensor=2 --json $R/llama-3-8b-tensor2.json; save
+    timeout 90 $B --config llama-3-8b --batch 16,64 --mesh data=2 --json $R/llama-3-8b-data2.json; save
+    timeout 150 $B --config mixtral-8x7b --batch 1,16 --mesh expert=4 --json $R/mixtral-8x7b-expert4.json; save
+    timeout 120 $B --config deepseek-v2-lite --batch 1,16 --mesh expert=4 --json $R/deepseek-v2-lite-expert4.json; save
+    timeout 120 python3 benchmarks/profile_decode.py --config mixtral-8x7b --mesh expert=4 --batch 1 --top 30 --out $R/profile-mixtral-expert4-b1
+    rm -rf $R/profile-mixtral-expert4-b1/trace $R/profile-mixtral-expert4-b1/decode.hlo.txt; save
+    python3 benchmarks/xla_flags.py > $R/xla-flags.txt; save
+    for flags in "" "--xla_gpu_experimental_enable_nvshmem=true"; do
+      echo "== XLA_FLAGS=$flags"; XLA_FLAGS="$flags" timeout 90 python3 benchmarks/collective_latency.py --devices 2 --trace /tmp/cl-trace
+      rm -rf /tmp/cl-trace
+    done 2>&1 | tee $R/all-reduce-settings.txt; save
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \
