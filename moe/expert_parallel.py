@@ -80,10 +80,10 @@ def dropless(x, ids, weights, routed, experts, activation: str, grouped_matmul: 
     token_axes = tuple(name for name in ("data", "expert") if name in mesh.axis_names)
     n_shards = math.prod(mesh.shape[name] for name in token_axes)
     n_tokens, top_k = ids.shape
-    # The rows as the rest of the model holds them (split over the batch axes where they divide
-    # it, else whole). Without this XLA propagates the padded split below back into the router:
-    # at batch 1 it split the router's logits over their experts instead, and a softmax and a
-    # top_k over a split axis cost several small all-reduces per layer.
+    # Pin the routed rows to the batch rule (split over the batch axes where they divide the
+    # rows, else whole, as a decode step's rows are held). Without this XLA propagates the padded
+    # split below back into the router: at batch 1 it split the router's logits over their
+    # experts instead, and a softmax and a top_k over a split axis cost 4 all-reduces per layer.
     x, ids, weights, routed = (jax.lax.with_sharding_constraint(a, partition_spec(("batch",) + (None,) * (a.ndim - 1),
                                                                                   a.shape, mesh))
                                for a in (x, ids, weights, routed))
