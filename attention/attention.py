@@ -219,21 +219,20 @@ class Attention:
         """Whether a call appending `n_new` tokens per row attends with `decode_attention`:
         a one-token step of a block the kernel fits, on a GPU ("auto") or anywhere ("pallas").
         Under a mesh only where the mesh splits the query heads as it splits the KV heads
-        (`kernel_split`): each device then runs the kernel on its own heads."""
+        (`splits_heads_alike`): each device then runs the kernel on its own heads."""
         if self.decode_kernel == "xla" or n_new != 1 or self.kernel_misfit() is not None:
             return False
         mesh = jax.sharding.get_abstract_mesh()
-        if not mesh.empty and self.kernel_split(mesh) is None:
+        if not mesh.empty and not self.splits_heads_alike(mesh):
             return False
         return self.decode_kernel == "pallas" or jax.default_backend() == "gpu"
 
-    def kernel_split(self, mesh) -> tuple[str, ...] | None:
-        """The mesh axes splitting both the query heads and the KV heads (() if neither is split),
-        or None when the rules split them differently (KV heads replicated because the tensor
-        axis does not divide them): a device's query heads would then need KV heads it does
-        not hold alone, and the XLA path, which XLA partitions itself, runs instead."""
-        heads = mesh_axes_for("heads", self.n_heads, mesh)
-        return heads if heads == mesh_axes_for("kv_heads", self.n_kv_heads, mesh) else None
+    def splits_heads_alike(self, mesh) -> bool:
+        """Whether the rules split the query heads over the same mesh axes as the KV heads (or
+        neither). Not when the KV heads are replicated because the tensor axis does not divide
+        them: a device's query heads would then need KV heads it does not hold alone, and the
+        XLA path, which XLA partitions itself, runs instead."""
+        return mesh_axes_for("heads", self.n_heads, mesh) == mesh_axes_for("kv_heads", self.n_kv_heads, mesh)
 
     def decode_attend(self, q, k_cache, v_cache, ctx: Context):
         """q [B, 1, H, Dh] over the caches [B, S, Hkv, Dh] by `decode_attention` -> [B, 1, H, Dh].
@@ -241,7 +240,7 @@ class Attention:
         A valid row at position p sees slots 0..p, as the causal mask lets it; a padding row
         (output ignored) gets length 0, so it reads nothing and gives zeros. Under a mesh, XLA's
         partitioner cannot split a pallas_call: `jax.shard_map` runs it on each device's rows
-        and heads (a KV head and its query heads sit on the same device: `kernel_split`)."""
+        and heads (a KV head and its query heads sit on the same device: `splits_heads_alike`)."""
         slots = k_cache.shape[1]
         lengths = jnp.where(ctx.valid[:, 0], jnp.minimum(ctx.positions[:, 0] + 1, slots), 0)  # [B]
 

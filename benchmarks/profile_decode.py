@@ -1,6 +1,7 @@
 """Where a decode step's time goes: a jax.profiler trace of one decode loop (the prefill runs
 before the trace), summarised as device time per kernel (top N by total), the collectives'
-(NCCL kernels') time per step and GPU, plus the optimised HLO of the decode program.
+time per step and GPU (NCCL's kernels and XLA's own), the time no kernel runs (and after which
+kernel), plus the optimised HLO of the decode program.
 
     python benchmarks/profile_decode.py --config llama-3-8b [--mesh tensor=2] [--batch 1] --out DIR
 
@@ -37,7 +38,8 @@ COLLECTIVE_PREFIXES = ("all_reduce", "all-reduce", "psum", "all_to_all", "all-to
 
 def kernel_summary(trace_dir: pathlib.Path, top: int, steps: int) -> str:
     """Device-side events of the Perfetto trace, grouped by name: total µs, count, mean µs; then
-    the NCCL kernels' µs per decode step and device, by kernel name."""
+    the collective kernels' µs per decode step and device (NCCL's, XLA's), by kernel name; then
+    `idle_summary`."""
     path = next(trace_dir.rglob("*.trace.json.gz"), None) or next(trace_dir.rglob("perfetto_trace.json.gz"))
     with gzip.open(path) as f:
         trace = json.load(f)

@@ -84,9 +84,8 @@ def dropless(x, ids, weights, routed, experts, activation: str, grouped_matmul: 
     # rows, else whole, as a decode step's rows are held). Without this XLA propagates the padded
     # split below back into the router: at batch 1 it split the router's logits over their
     # experts instead, and a softmax and a top_k over a split axis cost 4 all-reduces per layer.
-    x, ids, weights, routed = (jax.lax.with_sharding_constraint(a, partition_spec(("batch",) + (None,) * (a.ndim - 1),
-                                                                                  a.shape, mesh))
-                               for a in (x, ids, weights, routed))
+    rows = partition_spec(("batch",), (n_tokens,), mesh)  # the leading (row) axis; the rest whole
+    x, ids, weights, routed = (jax.lax.with_sharding_constraint(a, rows) for a in (x, ids, weights, routed))
     pad = -n_tokens % n_shards
     x, ids, weights, routed = (jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))  # padding rows: routed False
                                for a in (x, ids, weights, routed))
