@@ -7,7 +7,8 @@ of a Megatron block at batch 1), against the same chain without the all-reduces.
 Run it under different XLA_FLAGS / NCCL_* settings to see what the per-collective cost is;
 it prints microseconds per all-reduce = (chain with - chain without) / N. `--trace DIR` also
 profiles one call of the chain with all-reduces and prints its kernels, which shows how XLA
-ran the all-reduce (an NCCL kernel, or XLA's own `all_reduce_*` kernel) under those settings.
+ran the all-reduce (an NCCL kernel, or XLA's own `all_reduce_*` kernel) under those settings,
+and keeps two chains' host and device events in DIR/window.json.gz.
 """
 
 from __future__ import annotations
@@ -74,11 +75,12 @@ def main():
               "device": jax.devices()[0].device_kind, "jax_version": jax.__version__}
     print(json.dumps(result))
     if args.trace:
-        from profile_decode import kernel_summary  # this folder is on the path (run as a script)
+        from profile_decode import kernel_summary, save_window  # this folder is on the path (run as a script)
         run = chain(True)
         with jax.profiler.trace(args.trace, create_perfetto_trace=True):
             jax.block_until_ready(run(x, w_out, w_in))
         print(kernel_summary(pathlib.Path(args.trace), top=12, steps=args.loops))
+        save_window(pathlib.Path(args.trace), pathlib.Path(args.trace) / "window.json.gz", steps=args.loops)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -191,6 +191,28 @@ case "${1:-chimera}" in
       rm -rf /tmp/cl-trace
     done 2>&1 | tee $R/all-reduce-settings.txt; save
     ;;
+  x2-loop)  # 2 GPUs (session 6): the decode loop's shape (step-by-step vs decode_chunk 8) on 1 GPU and tensor=2,
+            # under command buffers over collectives and loops; where the host and the GPUs wait (trace windows)
+    R=/tmp/results; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    lib=$(python3 -c "import jaxlib, os; print(os.path.dirname(jaxlib.__file__))")
+    find $lib -name "*.so*" -size +20M -exec strings {} \; | grep -o "xla_gpu_[a-z0-9_]*" | sort -u > $R/xla-gpu-flags.txt; save
+    L="python3 benchmarks/decode_loop.py --config llama-3-8b --mesh tensor=2"
+    timeout 240 $L --chunks 1,8 --gens 32,160 --json $R/decode-loop.json; save
+    graphs="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,COLLECTIVES,WHILE,CONDITIONAL"
+    XLA_FLAGS="$graphs" timeout 150 $L --chunks 1,8 --gens 160 --json $R/decode-loop-graphs.json; save
+    XLA_FLAGS="$graphs --xla_gpu_command_buffer_unroll_loops=true" timeout 120 $L --no-single --chunks 8 --gens 160 \
+      --json $R/decode-loop-graphs-unroll.json; save
+    for chunk in 1 8; do
+      timeout 100 python3 benchmarks/profile_decode.py --config llama-3-8b --mesh tensor=2 --batch 1 --gen 32 --top 40 \
+        --decode-chunk $chunk --out $R/profile-tensor2-chunk$chunk
+      rm -rf $R/profile-tensor2-chunk$chunk/trace; gzip $R/profile-tensor2-chunk$chunk/decode.hlo.txt; save
+    done
+    for flags in "" "$graphs"; do
+      echo "== XLA_FLAGS=$flags"; XLA_FLAGS="$flags" timeout 60 python3 benchmarks/collective_latency.py --devices 2 --trace /tmp/cl-trace
+      mkdir -p $R/chain-window; cp /tmp/cl-trace/window.json.gz $R/chain-window/$( [ -z "$flags" ] && echo default || echo graphs).json.gz
+      rm -rf /tmp/cl-trace
+    done 2>&1 | tee $R/all-reduce-chain.txt; save
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \

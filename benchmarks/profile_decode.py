@@ -5,8 +5,10 @@ kernel), plus the optimised HLO of the decode program.
 
     python benchmarks/profile_decode.py --config llama-3-8b [--mesh tensor=2] [--batch 1] --out DIR
 
-Writes DIR/trace (the raw profile, open with Perfetto or TensorBoard), DIR/summary.txt and
-DIR/decode.hlo.txt, and prints the summary. Random bf16 weights, prompt 128, --gen steps.
+Writes DIR/trace (the raw profile, open with Perfetto or TensorBoard), DIR/summary.txt,
+DIR/decode.hlo.txt and DIR/window.json.gz (every host and device event of two decode steps
+from the middle of the loop, small enough to keep: what the host launched when, against
+when the GPUs ran it), and prints the summary. Random bf16 weights, prompt 128, --gen steps.
 A collective kernel's time includes its wait for the other devices: it is the time the
 collective holds the GPU's stream, not the wire time alone.
 """
@@ -41,9 +43,7 @@ def kernel_summary(trace_dir: pathlib.Path, top: int, steps: int) -> str:
     the collective kernels' µs per decode step and device (NCCL's, XLA's), by kernel name; then
     `idle_summary`."""
     path = next(trace_dir.rglob("*.trace.json.gz"), None) or next(trace_dir.rglob("perfetto_trace.json.gz"))
-    with gzip.open(path) as f:
-        trace = json.load(f)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    events = load_events(trace_dir)
     names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
     device_pids = {pid for pid, name in names.items() if "GPU" in name.upper()} or set(names)  # CPU: host threads
     totals, counts = collections.Counter(), collections.Counter()
@@ -71,6 +71,30 @@ def kernel_summary(trace_dir: pathlib.Path, top: int, steps: int) -> str:
             lines.append(f"{total / per_step:>10.1f} {counts[name] / per_step:>6.1f}/step  {name[:120]}")
     lines += idle_summary(events, device_pids, per_step)
     return "\n".join(lines)
+
+
+def load_events(trace_dir: pathlib.Path) -> list[dict]:
+    path = next(trace_dir.rglob("*.trace.json.gz"), None) or next(trace_dir.rglob("perfetto_trace.json.gz"))
+    with gzip.open(path) as f:
+        trace = json.load(f)
+    return trace["traceEvents"] if isinstance(trace, dict) else trace
+
+
+def save_window(trace_dir: pathlib.Path, out: pathlib.Path, steps: int):
+    """The trace's metadata and every event overlapping [middle, middle + 2 steps) of the
+    device activity, where a step is the device span over `steps`."""
+    events = load_events(trace_dir)
+    names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device = [e for e in events if e.get("ph") == "X" and "GPU" in names.get(e.get("pid"), "").upper()]
+    if not device:
+        return
+    first, last = min(e["ts"] for e in device), max(e["ts"] + e.get("dur", 0) for e in device)
+    start = (first + last) / 2
+    stop = start + 2 * (last - first) / steps
+    kept = [e for e in events if e.get("ph") == "M"
+            or ("ts" in e and e["ts"] < stop and e["ts"] + e.get("dur", 0) >= start)]
+    with gzip.open(out, "wt") as f:
+        json.dump({"window_us": [start, stop], "traceEvents": kept}, f)
 
 
 def idle_summary(events, device_pids, per_step: int, top: int = 8) -> list[str]:
@@ -106,6 +130,7 @@ def main():
     parser.add_argument("--gen", type=int, default=16)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--decode-chunk", type=int, default=1, help="Engine(decode_chunk=K)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = pathlib.Path(args.out)
@@ -117,7 +142,8 @@ def main():
     if args.mesh:
         mesh = chimera.make_mesh(**args.mesh, devices=jax.devices()[:math.prod(args.mesh.values())])
     params = draw_params(model, jax.random.key(0), mesh)
-    engine = Engine(model, params, max_batch=args.batch, max_len=args.prompt_len + args.gen, mesh=mesh)
+    engine = Engine(model, params, max_batch=args.batch, max_len=args.prompt_len + args.gen, mesh=mesh,
+                    decode_chunk=args.decode_chunk)
     rng = np.random.default_rng(0)
     batch = args.batch
     tokens = np.zeros((batch, engine.pad_width(args.prompt_len)), np.int32)
@@ -149,6 +175,7 @@ def main():
     (out / "decode.hlo.txt").write_text(hlo)
     summary = f"{args.config} batch {batch} mesh {args.mesh} gen {args.gen} on {jax.devices()[0].device_kind}\n"
     summary += kernel_summary(out / "trace", args.top, steps=args.gen - 1)
+    save_window(out / "trace", out / "window.json.gz", steps=args.gen - 1)
     (out / "summary.txt").write_text(summary)
     print(summary)
 

@@ -57,13 +57,14 @@ def _timed(fn):
 
 
 def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: int, repeats: int,
-                seed: int = 0, prefill_chunk: int = 2048, mesh=None, cache_len: int | None = None) -> BenchResult:
+                seed: int = 0, prefill_chunk: int = 2048, mesh=None, cache_len: int | None = None,
+                decode_chunk: int = 1) -> BenchResult:
     model = build(config)
     needed = prompt_len + gen
     if cache_len is not None and cache_len < needed:
         raise ValueError(f"cache_len {cache_len} is smaller than prompt {prompt_len} + gen {gen}")
     engine = Engine(model, params, max_batch=batch, max_len=max(needed, cache_len or 0), prefill_chunk=prefill_chunk,
-                    mesh=mesh)
+                    mesh=mesh, decode_chunk=decode_chunk)
     rng = np.random.default_rng(seed)
     tokens = np.zeros((batch, engine.pad_width(prompt_len)), np.int32)
     tokens[:, :prompt_len] = rng.integers(0, config.vocab_size, (batch, prompt_len), dtype=np.int32)
@@ -120,7 +121,8 @@ def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: i
 
 
 def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: int, repeats: int = 5,
-        seed: int = 0, prefill_chunk: int = 2048, mesh=None, cache_len: int | None = None) -> dict:
+        seed: int = 0, prefill_chunk: int = 2048, mesh=None, cache_len: int | None = None,
+        decode_chunk: int = 1) -> dict:
     """Benchmark `config` at each (prompt length, batch size); returns a JSON-ready report.
     A prompt length is the context already cached when decoding starts. With a mesh the
     Engine shards over it, and MBU/MFU are per device (bytes or FLOPs over all its devices'
@@ -134,7 +136,7 @@ def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: in
     params = draw_params(model, jax.random.key(seed), mesh)
     device = jax.devices()[0]
     bandwidth, flop_rate = device_peaks(device)
-    results = [bench_batch(config, params, b, n, gen, repeats, seed, prefill_chunk, mesh, cache_len)
+    results = [bench_batch(config, params, b, n, gen, repeats, seed, prefill_chunk, mesh, cache_len, decode_chunk)
                for n in prompt_lens for b in batches]
     return {
         "config": config.name,
@@ -147,6 +149,7 @@ def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: in
         "peak_flop_s": flop_rate,
         "jax_version": jax.__version__,
         "prefill_chunk": prefill_chunk,
+        "decode_chunk": decode_chunk,
         "cache_len": cache_len,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "results": [dataclasses.asdict(r) for r in results],

@@ -119,7 +119,8 @@ def cmd_bench(args) -> int:
             raise ValueError(f"--mesh needs {n_devices} devices, {jax.device_count()} are available")
         mesh = make_mesh(**args.mesh, devices=jax.devices()[:n_devices])
     report = bench.run(config, args.batch, prompt_lens, args.gen, repeats=args.repeats, seed=args.seed,
-                       prefill_chunk=args.prefill_chunk, mesh=mesh, cache_len=args.cache_len)
+                       prefill_chunk=args.prefill_chunk, mesh=mesh, cache_len=args.cache_len,
+                       decode_chunk=args.decode_chunk)
     print(bench.format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -209,6 +210,8 @@ def parser() -> argparse.ArgumentParser:
                        help="KV-cache slots per row (default: the request's own size, a power of two)")
     bench.add_argument("--prefill-chunk", type=positive_int, default=2048,
                        help="prompt tokens per prefill call and row (a power of two; bounds prefill memory)")
+    bench.add_argument("--decode-chunk", type=positive_int, default=1,
+                       help="decode steps per loop iteration of known length (Engine(decode_chunk=K))")
     bench.add_argument("--mesh", type=mesh_sizes,
                        help="shard over a mesh of the first devices, e.g. tensor=2 or expert=2 or data=2,tensor=4 "
                             "(MBU and MFU are then per device)")

@@ -2,7 +2,10 @@
 
 A `generate` is a jitted prefill per chunk of `prefill_chunk` prompt tokens (bounding
 prefill memory; each chunk samples the first token of the rows it ends) and one jitted
-decode loop (`lax.while_loop`, stop checks on the device). Both donate the decode state,
+decode loop (`lax.while_loop`, stop checks on the device; with `decode_chunk` K > 1 an outer loop
+runs K steps at a time while every unfinished row has K or more tokens left, so XLA sees a
+loop of known length and need not read the stop condition back to the host after each step).
+Both donate the decode state,
 which XLA then updates in place. Shapes are bucketed to powers of two so a new prompt
 length rarely recompiles; the cache is sized to what the request needs (at most
 `max_len`), so a step reads no more cache than necessary.
@@ -58,14 +61,17 @@ def bucket(n: int, minimum: int, cap: int | None = None) -> int:
 
 class Engine:
     def __init__(self, model: Model, params, max_batch: int = 8, max_len: int = 4096, mesh=None,
-                 prefill_chunk: int = 2048):
+                 prefill_chunk: int = 2048, decode_chunk: int = 1):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_len < 2:
             raise ValueError(f"max_len must be >= 2, got {max_len}")
         if prefill_chunk < 16 or prefill_chunk & (prefill_chunk - 1):
             raise ValueError(f"prefill_chunk must be a power of two >= 16, got {prefill_chunk}")
+        if isinstance(decode_chunk, bool) or not isinstance(decode_chunk, int) or decode_chunk < 1:
+            raise ValueError(f"decode_chunk must be an integer >= 1, got {decode_chunk!r}")
         self.prefill_chunk = prefill_chunk
+        self.decode_chunk = decode_chunk
         self.model = model
         self.max_batch = max_batch
         self.max_len = max_len
@@ -194,7 +200,20 @@ class Engine:
             done = done | hit_stop | (counts >= max_new)
             return step + 1, state, token, out, counts, stopped, done
 
+        def chunk_fits(carry):
+            # Unfinished rows advance together, so any of them tells how many steps remain before
+            # `max_new`; only a stop token can end rows inside a chunk (the chunk's remaining
+            # steps then mask them, as the step-by-step loop masks finished rows).
+            _, _, _, _, counts, _, done = carry
+            steps_left = jnp.max(jnp.where(done, 0, max_new - counts))
+            return (steps_left >= self.decode_chunk) & ~jnp.all(done)
+
+        def chunk_fn(carry):
+            return jax.lax.fori_loop(0, self.decode_chunk, lambda _, carry: step_fn(carry), carry)
+
         carry = (jnp.int32(1), state, first, out, counts, stopped, done)
+        if self.decode_chunk > 1:
+            carry = jax.lax.while_loop(chunk_fits, chunk_fn, carry)
         _, state, _, out, counts, stopped, _ = jax.lax.while_loop(keep_going, step_fn, carry)
         return out, counts, stopped, state
 

@@ -173,3 +173,47 @@ def test_bad_prefill_chunk(setup, chunk):
     model, params, _ = setup
     with pytest.raises(ValueError, match="prefill_chunk"):
         chimera.Engine(model, params, prefill_chunk=chunk)
+
+
+@pytest.fixture(scope="module")
+def chunked_engine(setup):
+    model, params, _ = setup
+    return chimera.Engine(model, params, max_batch=MAX_BATCH, max_len=MAX_LEN, decode_chunk=4)
+
+
+@pytest.mark.parametrize("n_new", [1, 3, 4, 9, MAX_NEW])
+def test_decode_chunk_equals_step_by_step(chunked_engine, expected, n_new):
+    """K steps per chunk while every row has K tokens left, then one at a time: the same
+    tokens for any max_new_tokens (below, equal to, not a multiple of K)."""
+    assert_greedy(chunked_engine.generate(PROMPTS, max_new_tokens=n_new), expected, n_new)
+
+
+@pytest.mark.parametrize("row, min_step", [(0, 2), (1, 5)])
+def test_decode_chunk_stops_inside_a_chunk(chunked_engine, expected, row, min_step):
+    """A stop token met mid-chunk ends that row there; the other rows go on."""
+    stop, _ = pick_stop(expected, row, min_step)
+    outs = chunked_engine.generate(PROMPTS, max_new_tokens=MAX_NEW, stop_tokens=(stop,))
+    assert [(o.tokens, o.finish_reason) for o in outs] == with_stops(expected, (stop,))
+
+
+def test_decode_chunk_every_row_stopped_mid_chunk(chunked_engine, expected):
+    """When every row has stopped, the chunk's remaining steps run masked and change nothing."""
+    tokens = expected[0]
+    k = next(i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i])  # inside the first chunk
+    assert k < 4
+    outs = chunked_engine.generate(PROMPTS[:1], max_new_tokens=MAX_NEW, stop_tokens=(tokens[k],))
+    assert (outs[0].tokens, outs[0].finish_reason) == (tokens[:k + 1], "stop")
+
+
+def test_decode_chunk_sampling_equals_step_by_step(setup, chunked_engine):
+    _, _, engine = setup
+    sampling = chimera.Sampling(temperature=1.0, top_k=50, seed=5)
+    assert ([o.tokens for o in chunked_engine.generate(PROMPTS, max_new_tokens=MAX_NEW, sampling=sampling)]
+            == [o.tokens for o in engine.generate(PROMPTS, max_new_tokens=MAX_NEW, sampling=sampling)])
+
+
+@pytest.mark.parametrize("chunk", [0, -2, 1.5, True])
+def test_bad_decode_chunk(setup, chunk):
+    model, params, _ = setup
+    with pytest.raises(ValueError, match="decode_chunk"):
+        chimera.Engine(model, params, decode_chunk=chunk)

@@ -1,0 +1,72 @@
+"""What the decode loop's shape costs: the Engine's step-by-step loop (a `lax.while_loop` whose
+stop condition XLA reads back to the host after every step) against `decode_chunk` K (K steps
+in a loop of known length per iteration), on one device and on a mesh, at two generation
+lengths, so the per-call cost separates from the per-step one.
+
+    python benchmarks/decode_loop.py --config llama-3-8b --mesh tensor=2 [--chunks 1,8] [--gens 32,160] --json out.json
+
+For each layout (one device, then the mesh) the params are drawn once and every (chunk, gen)
+is timed as `chimera bench` times it (Engine prefill + decode, warm-up excluded, median of
+--repeats). Printed per run: ms per step as bench reports it (the call over gen - 1 steps),
+and the marginal ms per step between the two lengths (per-call costs cancel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import jax
+
+import chimera
+from chimera.runtime import bench
+from chimera.runtime.cli import int_list, mesh_sizes
+from chimera.runtime.model import build
+from chimera.sharding.init import draw_params
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--mesh", type=mesh_sizes, help="also run on this mesh of the first devices")
+    parser.add_argument("--no-single", action="store_true", help="skip the one-device runs")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--chunks", type=int_list, default=[1, 8])
+    parser.add_argument("--gens", type=int_list, default=[32, 160])
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    config = chimera.load_config(args.config).replace(dtype=args.dtype)
+    model = build(config)
+    layouts = [] if args.no_single else [None]
+    if args.mesh:
+        devices = jax.devices()[:math.prod(args.mesh.values())]
+        layouts.append(chimera.make_mesh(**args.mesh, devices=devices))
+    rows = []
+    for mesh in layouts:
+        params = draw_params(model, jax.random.key(0), mesh)
+        for chunk in args.chunks:
+            ms = {}
+            for gen in args.gens:
+                r = bench.bench_batch(config, params, args.batch, args.prompt_len, gen, args.repeats, 0, 2048, mesh,
+                                      None, chunk)
+                ms[gen] = r.decode_ms_per_step
+            short, long = min(args.gens), max(args.gens)
+            marginal = (ms[long] * (long - 1) - ms[short] * (short - 1)) / (long - short) if long > short else None
+            row = {"mesh": None if mesh is None else dict(mesh.shape), "batch": args.batch, "decode_chunk": chunk,
+                   "ms_per_step": ms, "marginal_ms_per_step": marginal}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        del params
+    report = {"config": config.name, "dtype": config.dtype, "prompt_len": args.prompt_len,
+              "device": jax.devices()[0].device_kind, "jax_version": jax.__version__, "rows": rows}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
