@@ -213,6 +213,81 @@ case "${1:-chimera}" in
       rm -rf /tmp/cl-trace
     done 2>&1 | tee $R/all-reduce-chain.txt; save
     ;;
+  x2-graphs)  # 2 GPUs (session 6): the whole decode step in CUDA graphs, collectives included: NCCL's all-reduce
+              # (XLA's one-shot kernel off) or XLA's collective kernel captured; loops captured and unrolled
+    R=/tmp/results; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    lib=$(python3 -c "import jaxlib, os; print(os.path.dirname(jaxlib.__file__))")
+    find $lib -name "*.so*" -size +20M -exec strings {} \; | grep -xE "[A-Z][A-Z_]{3,40}" | sort -u > $R/enum-names.txt; save
+    L="python3 benchmarks/decode_loop.py --config llama-3-8b --gens 160 --repeats 3"
+    base="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONDITIONAL"
+    nccl="--xla_gpu_enable_command_buffer=$base,COLLECTIVES,WHILE --xla_gpu_enable_collectives_command_buffer_filter=ALLREDUCE,ALLGATHER --xla_gpu_experimental_use_collective_kernels= --xla_gpu_graph_min_graph_size=1"
+    XLA_FLAGS="$nccl" timeout 200 $L --mesh tensor=2 --chunks 1,8 --json $R/graphs-nccl.json; save
+    XLA_FLAGS="$nccl --xla_gpu_command_buffer_unroll_loops=true" timeout 150 $L --mesh tensor=2 --chunks 8 \
+      --json $R/graphs-nccl-unroll.json; save
+    if grep -qx COLLECTIVES_KERNEL $R/enum-names.txt; then
+      kern="--xla_gpu_enable_command_buffer=$base,COLLECTIVES_KERNEL,COLLECTIVES,WHILE --xla_gpu_graph_min_graph_size=1"
+      XLA_FLAGS="$kern" timeout 150 $L --mesh tensor=2 --no-single --chunks 1,8 --json $R/graphs-kernel.json; save
+      XLA_FLAGS="$kern --xla_gpu_command_buffer_unroll_loops=true" timeout 120 $L --mesh tensor=2 --no-single --chunks 8 \
+        --json $R/graphs-kernel-unroll.json; save
+    fi
+    XLA_FLAGS="$nccl --xla_gpu_command_buffer_unroll_loops=true --xla_enable_command_buffers_during_profiling=true" \
+      timeout 100 python3 benchmarks/profile_decode.py --config llama-3-8b --mesh tensor=2 --batch 1 --gen 32 --top 40 \
+      --decode-chunk 8 --out $R/profile-graphs-nccl-unroll
+    rm -rf $R/profile-graphs-nccl-unroll/trace; gzip $R/profile-graphs-nccl-unroll/decode.hlo.txt; save
+    ;;
+  x2-screen)  # 2 GPUs (session 6): which command-buffer settings instantiate with collectives captured (a 2-layer
+              # llama-3-8b first), then the full model on tensor=2 (and one GPU) under each that works
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    sed 's/^n_layers: .*/n_layers: 2/' configs/llama-3-8b.yaml > $R/llama-3-8b-2layers.yaml
+    base="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONDITIONAL"
+    nccl="--xla_gpu_experimental_use_collective_kernels= --xla_gpu_graph_min_graph_size=1 --xla_gpu_enable_collectives_command_buffer_filter=ALLREDUCE"
+    sync="--xla_gpu_disable_async_collectives=ALLREDUCE,ALLGATHER"
+    declare -A V=(
+      [nccl-uncaptured]="--xla_gpu_experimental_use_collective_kernels="
+      [body]="--xla_gpu_enable_command_buffer=$base,COLLECTIVES $nccl"
+      [body-sync]="--xla_gpu_enable_command_buffer=$base,COLLECTIVES $nccl $sync"
+      [body-serial]="--xla_gpu_enable_command_buffer=$base,COLLECTIVES $nccl --xla_gpu_command_buffer_scheduling_mode=SERIALIZE"
+      [loop-sync]="--xla_gpu_enable_command_buffer=$base,COLLECTIVES,WHILE $nccl $sync"
+      [loop-sync-unroll]="--xla_gpu_enable_command_buffer=$base,COLLECTIVES,WHILE $nccl $sync --xla_gpu_command_buffer_unroll_loops=true"
+    )
+    for name in nccl-uncaptured body body-sync body-serial loop-sync loop-sync-unroll; do
+      echo "== $name: ${V[$name]}"
+      if XLA_FLAGS="${V[$name]}" timeout 60 python3 benchmarks/decode_loop.py --config $R/llama-3-8b-2layers.yaml \
+           --mesh tensor=2 --no-single --chunks 1,8 --gens 32 --repeats 2 > $R/screen-$name.log 2>&1; then
+        tail -n 2 $R/screen-$name.log
+        XLA_FLAGS="${V[$name]}" timeout 100 python3 benchmarks/decode_loop.py --config llama-3-8b --mesh tensor=2 --no-single \
+          --chunks 1,8 --gens 160 --repeats 3 --json $R/tensor2-$name.json 2>&1 | grep "^{"
+      else
+        grep -E "Error|error" $R/screen-$name.log | tail -n 2 | cut -c1-300
+      fi
+      save
+    done 2>&1 | tee $R/screen.txt
+    ;;
+  x2-final-a)  # 2 GPUs (session 6): llama-3-8b on 1 GPU and tensor=2 with chimera's GPU decode options (CUDA
+                # graphs over the loop, NCCL all-reduce captured) and with XLA's defaults, 128 new tokens
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    B="python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 2 --batch 1,16"
+    timeout 100 $B --json $R/llama-3-8b-1gpu.json; save
+    timeout 110 $B --mesh tensor=2 --json $R/llama-3-8b-tensor2.json; save
+    timeout 100 $B --xla-defaults --json $R/llama-3-8b-1gpu-xla-defaults.json; save
+    timeout 110 $B --xla-defaults --mesh tensor=2 --json $R/llama-3-8b-tensor2-xla-defaults.json; save
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    JAX_DEFAULT_MATMUL_PRECISION=highest timeout 120 python3 benchmarks/sharded_equality.py --dtype float32 \
+      --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-8b-8layers.json
+    save
+    ;;
+  x2-final-b)  # 2 GPUs (session 6): the MoE preset over expert=2 with the GPU decode options, its equality, and
+               # NCCL's low-latency protocol for tensor=2's all-reduces
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
+    B="python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 2"
+    timeout 100 $B --config $R/mixtral-8layers.yaml --batch 1,64 --mesh expert=2 --json $R/mixtral-8layers-expert2.json; save
+    timeout 100 $B --config $R/mixtral-8layers.yaml --batch 1,64 --json $R/mixtral-8layers-1gpu.json; save
+    JAX_DEFAULT_MATMUL_PRECISION=highest timeout 120 python3 benchmarks/sharded_equality.py --dtype float32 \
+      --config $R/mixtral-8layers.yaml --mesh expert=2 --prompts 5,17,40 --new-tokens 24 --json $R/equality-mixtral-8layers.json
+    save
+    NCCL_PROTO=LL timeout 100 $B --config llama-3-8b --batch 1 --mesh tensor=2 --json $R/llama-3-8b-tensor2-nccl-ll.json; save
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \

@@ -17,7 +17,7 @@ import numpy as np
 
 from chimera.architectures.config import ModelConfig
 from chimera.runtime import costs
-from chimera.runtime.engine import STOP_SLOTS, Engine, bucket
+from chimera.runtime.engine import STOP_SLOTS, Engine, bucket, default_compiler_options
 from chimera.runtime.model import build
 from chimera.runtime.sampling import Sampling
 from chimera.sharding.init import draw_params
@@ -58,13 +58,14 @@ def _timed(fn):
 
 def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: int, repeats: int,
                 seed: int = 0, prefill_chunk: int = 2048, mesh=None, cache_len: int | None = None,
-                decode_chunk: int = 1) -> BenchResult:
+                decode_chunk: int = 1, compiler_options: dict | None = None) -> BenchResult:
     model = build(config)
     needed = prompt_len + gen
     if cache_len is not None and cache_len < needed:
         raise ValueError(f"cache_len {cache_len} is smaller than prompt {prompt_len} + gen {gen}")
     engine = Engine(model, params, max_batch=batch, max_len=max(needed, cache_len or 0), prefill_chunk=prefill_chunk,
-                    mesh=mesh, decode_chunk=decode_chunk)
+                    mesh=mesh, decode_chunk=decode_chunk,
+                    compiler_options=compiler_options)
     rng = np.random.default_rng(seed)
     tokens = np.zeros((batch, engine.pad_width(prompt_len)), np.int32)
     tokens[:, :prompt_len] = rng.integers(0, config.vocab_size, (batch, prompt_len), dtype=np.int32)
@@ -122,7 +123,7 @@ def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: i
 
 def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: int, repeats: int = 5,
         seed: int = 0, prefill_chunk: int = 2048, mesh=None, cache_len: int | None = None,
-        decode_chunk: int = 1) -> dict:
+        decode_chunk: int = 1, compiler_options: dict | None = None) -> dict:
     """Benchmark `config` at each (prompt length, batch size); returns a JSON-ready report.
     A prompt length is the context already cached when decoding starts. With a mesh the
     Engine shards over it, and MBU/MFU are per device (bytes or FLOPs over all its devices'
@@ -136,7 +137,8 @@ def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: in
     params = draw_params(model, jax.random.key(seed), mesh)
     device = jax.devices()[0]
     bandwidth, flop_rate = device_peaks(device)
-    results = [bench_batch(config, params, b, n, gen, repeats, seed, prefill_chunk, mesh, cache_len, decode_chunk)
+    results = [bench_batch(config, params, b, n, gen, repeats, seed, prefill_chunk, mesh, cache_len, decode_chunk,
+                           compiler_options)
                for n in prompt_lens for b in batches]
     return {
         "config": config.name,
@@ -150,6 +152,8 @@ def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: in
         "jax_version": jax.__version__,
         "prefill_chunk": prefill_chunk,
         "decode_chunk": decode_chunk,
+        "compiler_options": (default_compiler_options(jax.devices()[:1] if mesh is None else mesh.devices.flat)
+                             if compiler_options is None else compiler_options),
         "cache_len": cache_len,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "results": [dataclasses.asdict(r) for r in results],

@@ -120,7 +120,7 @@ def cmd_bench(args) -> int:
         mesh = make_mesh(**args.mesh, devices=jax.devices()[:n_devices])
     report = bench.run(config, args.batch, prompt_lens, args.gen, repeats=args.repeats, seed=args.seed,
                        prefill_chunk=args.prefill_chunk, mesh=mesh, cache_len=args.cache_len,
-                       decode_chunk=args.decode_chunk)
+                       decode_chunk=args.decode_chunk, compiler_options={} if args.xla_defaults else None)
     print(bench.format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -212,6 +212,9 @@ def parser() -> argparse.ArgumentParser:
                        help="prompt tokens per prefill call and row (a power of two; bounds prefill memory)")
     bench.add_argument("--decode-chunk", type=positive_int, default=1,
                        help="decode steps per loop iteration of known length (Engine(decode_chunk=K))")
+    bench.add_argument("--xla-defaults", action="store_true",
+                       help="compile the decode loop with XLA's default options, not chimera's GPU ones "
+                            "(CUDA graphs over the whole loop; Engine(compiler_options={}))")
     bench.add_argument("--mesh", type=mesh_sizes,
                        help="shard over a mesh of the first devices, e.g. tensor=2 or expert=2 or data=2,tensor=4 "
                             "(MBU and MFU are then per device)")

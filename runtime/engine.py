@@ -36,6 +36,29 @@ from chimera.sharding.shardings import batch_shards, batch_sharding, param_shard
 
 STOP_SLOTS = 8  # stop-token lists are padded to a multiple of this, so their count rarely recompiles
 
+# XLA options for the decode program on a GPU (JAX >= 0.11): the loop runs as CUDA graphs with
+# its all-reduces and the loop itself captured, so the host no longer launches a step's ~65
+# graph segments and ~65 collectives one by one. On tensor=2 the host had set the pace (the
+# GPUs idled between kernels while it launched); llama-3-8b batch 1: 3.63 -> 3.21 ms a step on
+# 2 H200s, and 4.48 -> 4.25 on one, where the loop capture saves the per-step read-back of the
+# stop condition (BENCHMARKS.md). XLA's own one-shot all-reduce kernel cannot be captured in
+# this XLA, so NCCL's (which can) runs instead; captured collectives run synchronously.
+GPU_DECODE_OPTIONS = {
+    "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONDITIONAL,"
+                                     "COLLECTIVES,WHILE",
+    "xla_gpu_enable_collectives_command_buffer_filter": "ALLREDUCE",
+    "xla_gpu_experimental_use_collective_kernels": "",
+    "xla_gpu_disable_async_collectives": "ALLREDUCE,ALLGATHER",
+    "xla_gpu_graph_min_graph_size": 1,
+}
+
+
+def default_compiler_options(devices) -> dict:
+    """The XLA options the decode program is compiled with on these devices: GPU_DECODE_OPTIONS
+    on GPUs with a JAX that knows them (0.11 on), else none."""
+    on_gpu = all(device.platform == "gpu" for device in devices)
+    return dict(GPU_DECODE_OPTIONS) if on_gpu and jax.__version_info__ >= (0, 11) else {}
+
 
 @dataclasses.dataclass(frozen=True)
 class Generation:
@@ -61,7 +84,7 @@ def bucket(n: int, minimum: int, cap: int | None = None) -> int:
 
 class Engine:
     def __init__(self, model: Model, params, max_batch: int = 8, max_len: int = 4096, mesh=None,
-                 prefill_chunk: int = 2048, decode_chunk: int = 1):
+                 prefill_chunk: int = 2048, decode_chunk: int = 1, compiler_options: dict | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_len < 2:
@@ -76,6 +99,9 @@ class Engine:
         self.max_batch = max_batch
         self.max_len = max_len
         self.mesh = mesh
+        devices = jax.devices()[:1] if mesh is None else mesh.devices.flat
+        # None: chimera's defaults for the devices; {} compiles with XLA's own defaults
+        self.compiler_options = default_compiler_options(devices) if compiler_options is None else compiler_options
         self._programs: dict[tuple[int, int], Programs] = {}
         # With a mesh each leaf is split by its block's logical axes (sharding/rules.py).
         self.param_shardings = None if mesh is None else param_shardings(model, mesh)
@@ -97,7 +123,8 @@ class Engine:
         # Static arguments are positional (trailing): jit takes no keyword arguments with in_shardings.
         new_state = functools.partial(self.model.init_state, batch, cache_len)
         prefill = functools.partial(jax.jit, self._prefill, static_argnums=(7,), donate_argnums=(1,))
-        decode = functools.partial(jax.jit, self._decode, static_argnums=(8, 9), donate_argnums=(1,))
+        decode = functools.partial(jax.jit, self._decode, static_argnums=(8, 9), donate_argnums=(1,),
+                                   compiler_options=self.compiler_options or None)
         if self.mesh is None:
             return Programs(new_state=jax.jit(new_state), prefill=prefill(), decode=decode())
         state = state_shardings(self.model, self.mesh, batch, cache_len)

@@ -217,3 +217,32 @@ def test_bad_decode_chunk(setup, chunk):
     model, params, _ = setup
     with pytest.raises(ValueError, match="decode_chunk"):
         chimera.Engine(model, params, decode_chunk=chunk)
+
+
+class FakeDevice:
+    def __init__(self, platform):
+        self.platform = platform
+
+
+@pytest.mark.parametrize("platform, version, expected", [
+    ("gpu", (0, 11, 2), "gpu"), ("gpu", (0, 10, 2), "none"), ("cpu", (0, 11, 2), "none")])
+def test_default_compiler_options(monkeypatch, platform, version, expected):
+    """CUDA graphs over the decode loop on GPUs, with a JAX whose XLA knows the options."""
+    from chimera.runtime.engine import GPU_DECODE_OPTIONS, default_compiler_options
+    monkeypatch.setattr(jax, "__version_info__", version)
+    options = default_compiler_options([FakeDevice(platform)] * 2)
+    assert options == (GPU_DECODE_OPTIONS if expected == "gpu" else {})
+    assert default_compiler_options([FakeDevice("gpu"), FakeDevice("cpu")]) == {}
+
+
+def test_compiler_options_reach_the_decode_program(setup, expected):
+    """Engine(compiler_options=...) compiles the decode loop with them: an option XLA does not
+    know fails that compile (so they are passed, not dropped); {} generates as the default."""
+    model, params, _ = setup
+    plain = chimera.Engine(model, params, max_batch=MAX_BATCH, max_len=MAX_LEN, compiler_options={})
+    assert plain.compiler_options == {}
+    assert_greedy(plain.generate(PROMPTS, max_new_tokens=MAX_NEW), expected)
+    bad = chimera.Engine(model, params, max_batch=MAX_BATCH, max_len=MAX_LEN,
+                         compiler_options={"xla_no_such_option": 1})
+    with pytest.raises(Exception, match="xla_no_such_option"):
+        bad.generate(PROMPTS, max_new_tokens=MAX_NEW)
