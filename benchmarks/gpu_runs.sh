@@ -288,6 +288,21 @@ case "${1:-chimera}" in
     save
     NCCL_PROTO=LL timeout 100 $B --config llama-3-8b --batch 1 --mesh tensor=2 --json $R/llama-3-8b-tensor2-nccl-ll.json; save
     ;;
+  x2-options)  # 2 GPUs (session 6): do the decode options passed per program (jit compiler_options) take effect
+               # as they do through XLA_FLAGS? all-reduce kinds in the compiled HLO and ms/step, llama-3-8b tensor=2
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    timeout 200 python3 benchmarks/decode_options.py --config llama-3-8b --mesh tensor=2 --json $R/decode-options.json; save
+    flags=$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o; print(' '.join(f'--{k}={str(v).lower() if isinstance(v, bool) else v}' for k, v in o.items()))")
+    XLA_FLAGS="$flags" timeout 100 python3 benchmarks/decode_options.py --config llama-3-8b --mesh tensor=2 --variants xla-defaults \
+      --json $R/decode-options-xla-flags.json; save
+    ;;
+  x2-final-c)  # 2 GPUs (session 6): llama-3-8b on tensor=2 and 1 GPU as `chimera bench` now runs by default (the GPU
+               # decode options per program and in XLA_FLAGS), 128 new tokens
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    B="python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 2 --batch 1,16"
+    timeout 100 $B --mesh tensor=2 --json $R/llama-3-8b-tensor2.json; save
+    timeout 90 $B --json $R/llama-3-8b-1gpu.json; save
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \

@@ -17,7 +17,8 @@ import numpy as np
 
 from chimera.architectures.config import ModelConfig
 from chimera.runtime import costs
-from chimera.runtime.engine import STOP_SLOTS, Engine, bucket, default_compiler_options
+from chimera.runtime.engine import STOP_SLOTS, Engine, bucket
+from chimera.runtime.gpu_options import default_compiler_options
 from chimera.runtime.model import build
 from chimera.runtime.sampling import Sampling
 from chimera.sharding.init import draw_params

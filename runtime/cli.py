@@ -213,8 +213,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--decode-chunk", type=positive_int, default=1,
                        help="decode steps per loop iteration of known length (Engine(decode_chunk=K))")
     bench.add_argument("--xla-defaults", action="store_true",
-                       help="compile the decode loop with XLA's default options, not chimera's GPU ones "
-                            "(CUDA graphs over the whole loop; Engine(compiler_options={}))")
+                       help="run with XLA's default options, not chimera's GPU decode options (CUDA graphs "
+                            "over the whole decode loop, collectives included: runtime/gpu_options.py)")
     bench.add_argument("--mesh", type=mesh_sizes,
                        help="shard over a mesh of the first devices, e.g. tensor=2 or expert=2 or data=2,tensor=4 "
                             "(MBU and MFU are then per device)")
@@ -265,6 +265,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if not getattr(args, "xla_defaults", False):
+        from chimera.runtime.gpu_options import set_xla_flags
+        set_xla_flags()  # before anything starts a backend: XLA reads XLA_FLAGS once
     try:
         return args.run(args)
     except (ConfigError, ValueError, FileNotFoundError) as e:

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chimera.runtime.gpu_options import default_compiler_options
 from chimera.runtime.model import Model
 from chimera.runtime.sampling import Sampling, sample
 from chimera.runtime.state import DecodeState
@@ -35,30 +36,6 @@ from chimera.sharding.placement import fetch, place, place_array
 from chimera.sharding.shardings import batch_shards, batch_sharding, param_shardings, replicated, state_shardings
 
 STOP_SLOTS = 8  # stop-token lists are padded to a multiple of this, so their count rarely recompiles
-
-# XLA options for the decode program on a GPU (JAX >= 0.11): the loop runs as CUDA graphs with
-# its all-reduces and the loop itself captured, so the host no longer launches a step's ~65
-# graph segments and ~65 collectives one by one. On tensor=2 the host had set the pace (the
-# GPUs idled between kernels while it launched); llama-3-8b batch 1: 3.63 -> 3.21 ms a step on
-# 2 H200s, and 4.48 -> 4.25 on one, where the loop capture saves the per-step read-back of the
-# stop condition (BENCHMARKS.md). XLA's own one-shot all-reduce kernel cannot be captured in
-# this XLA, so NCCL's (which can) runs instead; captured collectives run synchronously.
-GPU_DECODE_OPTIONS = {
-    "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONDITIONAL,"
-                                     "COLLECTIVES,WHILE",
-    "xla_gpu_enable_collectives_command_buffer_filter": "ALLREDUCE",
-    "xla_gpu_experimental_use_collective_kernels": "",
-    "xla_gpu_disable_async_collectives": "ALLREDUCE,ALLGATHER",
-    "xla_gpu_graph_min_graph_size": 1,
-}
-
-
-def default_compiler_options(devices) -> dict:
-    """The XLA options the decode program is compiled with on these devices: GPU_DECODE_OPTIONS
-    on GPUs with a JAX that knows them (0.11 on), else none."""
-    on_gpu = all(device.platform == "gpu" for device in devices)
-    return dict(GPU_DECODE_OPTIONS) if on_gpu and jax.__version_info__ >= (0, 11) else {}
-
 
 @dataclasses.dataclass(frozen=True)
 class Generation:

@@ -219,22 +219,6 @@ def test_bad_decode_chunk(setup, chunk):
         chimera.Engine(model, params, decode_chunk=chunk)
 
 
-class FakeDevice:
-    def __init__(self, platform):
-        self.platform = platform
-
-
-@pytest.mark.parametrize("platform, version, expected", [
-    ("gpu", (0, 11, 2), "gpu"), ("gpu", (0, 10, 2), "none"), ("cpu", (0, 11, 2), "none")])
-def test_default_compiler_options(monkeypatch, platform, version, expected):
-    """CUDA graphs over the decode loop on GPUs, with a JAX whose XLA knows the options."""
-    from chimera.runtime.engine import GPU_DECODE_OPTIONS, default_compiler_options
-    monkeypatch.setattr(jax, "__version_info__", version)
-    options = default_compiler_options([FakeDevice(platform)] * 2)
-    assert options == (GPU_DECODE_OPTIONS if expected == "gpu" else {})
-    assert default_compiler_options([FakeDevice("gpu"), FakeDevice("cpu")]) == {}
-
-
 def test_compiler_options_reach_the_decode_program(setup, expected):
     """Engine(compiler_options=...) compiles the decode loop with them: an option XLA does not
     know fails that compile (so they are passed, not dropped); {} generates as the default."""
