@@ -4,6 +4,7 @@ time per step and GPU (NCCL's kernels and XLA's own), the time no kernel runs (a
 kernel), plus the optimised HLO of the decode program.
 
     python benchmarks/profile_decode.py --config llama-3-8b [--mesh tensor=2] [--batch 1] --out DIR
+    python benchmarks/profile_decode.py --window DIR/window.json.gz   # who set the pace, from a kept window
 
 Writes DIR/trace (the raw profile, open with Perfetto or TensorBoard), DIR/summary.txt,
 DIR/decode.hlo.txt and DIR/window.json.gz (every host and device event of two decode steps
@@ -97,6 +98,35 @@ def save_window(trace_dir: pathlib.Path, out: pathlib.Path, steps: int):
         json.dump({"window_us": [start, stop], "traceEvents": kept}, f)
 
 
+def launch_summary(events) -> list[str]:
+    """Whether the host or the GPUs set the pace: for each device, its idle time (no kernel on any
+    stream) split into the part spent waiting for the host to launch the next kernel (the host's
+    launch call, matched by CUPTI correlation id, ended after the gap began) and the rest."""
+    names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    launch_end = {}
+    for e in events:  # host-side CUDA API calls carry the id of the work they launched
+        if e.get("ph") == "X" and "GPU" not in names.get(e["pid"], "").upper() and "correlation_id" in e.get("args", {}):
+            launch_end[e["args"]["correlation_id"]] = e["ts"] + e.get("dur", 0)
+    lines = ["idle per device, waiting for the host's launch vs not (µs over the window):"]
+    for pid in sorted(pid for pid, name in names.items() if "GPU" in name.upper()):
+        spans = sorted((e["ts"], e["ts"] + e.get("dur", 0), e.get("args", {}).get("correlation_id"))
+                       for e in events if e.get("ph") == "X" and e["pid"] == pid)
+        if not spans:
+            continue
+        host = other = 0.0
+        end = spans[0][1]
+        for start, stop, correlation in spans[1:]:
+            if start > end:
+                launched = launch_end.get(correlation, -math.inf)
+                waited = min(start, launched) - end if launched > end else 0.0
+                host, other = host + waited, other + (start - end - waited)
+            end = max(end, stop)
+        busy = sum(stop - start for start, stop, _ in spans)
+        lines.append(f"  {names[pid]}: span {end - spans[0][0]:.0f}, kernels {busy:.0f}, idle waiting for the host "
+                     f"{host:.0f}, other idle {other:.0f}")
+    return lines
+
+
 def idle_summary(events, device_pids, per_step: int, top: int = 8) -> list[str]:
     """Time a device runs no kernel on any stream, between its first and last kernel, per decode
     step and device; each idle gap is charged to the kernel that ended just before it (digits
@@ -123,7 +153,8 @@ def idle_summary(events, device_pids, per_step: int, top: int = 8) -> list[str]:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config")
+    parser.add_argument("--window", help="only summarise an earlier run's window.json.gz: who set the pace")
     parser.add_argument("--mesh", type=mesh_sizes)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt-len", type=int, default=128)
@@ -131,8 +162,14 @@ def main():
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--decode-chunk", type=int, default=1, help="Engine(decode_chunk=K)")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out")
     args = parser.parse_args()
+    if args.window:
+        with gzip.open(args.window) as f:
+            print("\n".join(launch_summary(json.load(f)["traceEvents"])))
+        return
+    if not (args.config and args.out):
+        parser.error("--config and --out are needed (or --window)")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -176,6 +213,9 @@ def main():
     summary = f"{args.config} batch {batch} mesh {args.mesh} gen {args.gen} on {jax.devices()[0].device_kind}\n"
     summary += kernel_summary(out / "trace", args.top, steps=args.gen - 1)
     save_window(out / "trace", out / "window.json.gz", steps=args.gen - 1)
+    if (out / "window.json.gz").exists():
+        with gzip.open(out / "window.json.gz") as f:
+            summary += "\n" + "\n".join(launch_summary(json.load(f)["traceEvents"]))
     (out / "summary.txt").write_text(summary)
     print(summary)
 

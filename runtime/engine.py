@@ -2,13 +2,16 @@
 
 A `generate` is a jitted prefill per chunk of `prefill_chunk` prompt tokens (bounding
 prefill memory; each chunk samples the first token of the rows it ends) and one jitted
-decode loop (`lax.while_loop`, stop checks on the device; with `decode_chunk` K > 1 an outer loop
-runs K steps at a time while every unfinished row has K or more tokens left, so XLA sees a
-loop of known length and need not read the stop condition back to the host after each step).
-Both donate the decode state,
+decode loop (`lax.while_loop`, stop checks on the device). Both donate the decode state,
 which XLA then updates in place. Shapes are bucketed to powers of two so a new prompt
 length rarely recompiles; the cache is sized to what the request needs (at most
 `max_len`), so a step reads no more cache than necessary.
+
+On GPUs the decode loop compiles with runtime/gpu_options.py's options (`compiler_options`;
+{} for XLA's defaults), which make it CUDA graphs, collectives and the loop included. Where
+the loop is not captured, `decode_chunk` K > 1 runs K steps per iteration of an outer loop
+while every unfinished row has K or more tokens left: a loop of known length, so XLA need not
+read the stop condition back to the host after each step (one GPU: 4.48 -> 4.27 ms a step).
 
 With a mesh (`Engine(mesh=chimera.make_mesh(...))`) the params and the decode state are laid
 out by the blocks' logical axes (sharding/rules.py: heads, MLP hidden, SSM channels over
