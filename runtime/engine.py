@@ -40,6 +40,7 @@ from chimera.sharding.shardings import batch_shards, batch_sharding, param_shard
 
 STOP_SLOTS = 8  # stop-token lists are padded to a multiple of this, so their count rarely recompiles
 
+
 @dataclasses.dataclass(frozen=True)
 class Generation:
     """tokens: the new tokens (a stop token that ended the row is included last).
@@ -73,6 +74,8 @@ class Engine:
             raise ValueError(f"prefill_chunk must be a power of two >= 16, got {prefill_chunk}")
         if isinstance(decode_chunk, bool) or not isinstance(decode_chunk, int) or decode_chunk < 1:
             raise ValueError(f"decode_chunk must be an integer >= 1, got {decode_chunk!r}")
+        if compiler_options is not None and not isinstance(compiler_options, dict):
+            raise ValueError(f"compiler_options must be a dict of XLA options (or None), got {compiler_options!r}")
         self.prefill_chunk = prefill_chunk
         self.decode_chunk = decode_chunk
         self.model = model

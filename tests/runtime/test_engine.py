@@ -230,3 +230,5 @@ def test_compiler_options_reach_the_decode_program(setup, expected):
                          compiler_options={"xla_no_such_option": 1})
     with pytest.raises(Exception, match="xla_no_such_option"):
         bad.generate(PROMPTS, max_new_tokens=MAX_NEW)
+    with pytest.raises(ValueError, match="compiler_options"):
+        chimera.Engine(model, params, compiler_options="xla_gpu_graph_min_graph_size=1")
