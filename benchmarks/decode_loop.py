@@ -51,8 +51,8 @@ def main():
         for chunk in args.chunks:
             ms = {}
             for gen in args.gens:
-                r = bench.bench_batch(config, params, args.batch, args.prompt_len, gen, args.repeats, 0, 2048, mesh,
-                                      None, chunk)
+                r = bench.bench_batch(config, params, args.batch, args.prompt_len, gen, args.repeats, mesh=mesh,
+                                      decode_chunk=chunk)
                 ms[gen] = r.decode_ms_per_step
             short, long = min(args.gens), max(args.gens)
             marginal = (ms[long] * (long - 1) - ms[short] * (short - 1)) / (long - short) if long > short else None

@@ -16,15 +16,14 @@ import math
 import re
 
 import jax
-import numpy as np
+from profile_decode import decode_hlo  # this folder is on the path (run as a script)
 
 import chimera
 from chimera.runtime import bench
 from chimera.runtime.cli import mesh_sizes
-from chimera.runtime.engine import STOP_SLOTS, Engine, bucket
+from chimera.runtime.engine import Engine
 from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS
 from chimera.runtime.model import build
-from chimera.runtime.sampling import Sampling
 from chimera.sharding.init import draw_params
 
 without_list = {k: v for k, v in GPU_DECODE_OPTIONS.items() if k != "xla_gpu_experimental_use_collective_kernels"}
@@ -36,14 +35,9 @@ VARIANTS = {
 }
 
 
-def all_reduce_kinds(engine, model, batch, cache_len, gen) -> dict:
+def all_reduce_kinds(engine, batch, cache_len, gen) -> dict:
     """Counts of the compiled decode program's all-reduce strategies and sync flags."""
-    state = jax.eval_shape(lambda: model.init_state(batch, cache_len))
-    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32)  # noqa: E731
-    with engine.on_mesh():
-        hlo = engine.programs(batch, cache_len).decode.lower(
-            engine.params, state, i32(batch), jax.ShapeDtypeStruct((batch,), bool), i32(batch), i32(), i32(STOP_SLOTS),
-            i32(), bucket(gen, 16), Sampling()).compile().as_text()
+    hlo = decode_hlo(engine, batch, cache_len, gen)
     lines = [line for line in hlo.splitlines() if re.search(r" all-reduce(-start)?\(", line)]
     kinds = {}
     for line in lines:
@@ -72,9 +66,10 @@ def main():
         row = {"variant": name, "options": options}
         try:
             engine = Engine(model, params, max_batch=1, max_len=128 + args.gen, mesh=mesh, compiler_options=options)
-            row["all_reduces"] = all_reduce_kinds(engine, model, 1, engine.cache_len(128 + args.gen), args.gen)
-            row["decode_ms_per_step"] = bench.bench_batch(config, params, 1, 128, args.gen, 2, 0, 2048, mesh, None, 1,
-                                                          options).decode_ms_per_step
+            row["all_reduces"] = all_reduce_kinds(engine, 1, engine.cache_len(128 + args.gen), args.gen)
+            row["decode_ms_per_step"] = bench.bench_batch(config, params, batch=1, prompt_len=128, gen=args.gen,
+                                                          repeats=2, mesh=mesh,
+                                                          compiler_options=options).decode_ms_per_step
         except Exception as error:  # an option this XLA does not know, or a graph it cannot build
             row["error"] = str(error)[:300]
         print(json.dumps(row), flush=True)

@@ -43,9 +43,9 @@ def kernel_summary(trace_dir: pathlib.Path, top: int, steps: int) -> str:
     """Device-side events of the Perfetto trace, grouped by name: total µs, count, mean µs; then
     the collective kernels' µs per decode step and device (NCCL's, XLA's), by kernel name; then
     `idle_summary`."""
-    path = next(trace_dir.rglob("*.trace.json.gz"), None) or next(trace_dir.rglob("perfetto_trace.json.gz"))
+    path = trace_file(trace_dir)
     events = load_events(trace_dir)
-    names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    names = process_names(events)
     device_pids = {pid for pid, name in names.items() if "GPU" in name.upper()} or set(names)  # CPU: host threads
     totals, counts = collections.Counter(), collections.Counter()
     per_pid = collections.Counter()
@@ -74,9 +74,17 @@ def kernel_summary(trace_dir: pathlib.Path, top: int, steps: int) -> str:
     return "\n".join(lines)
 
 
+def trace_file(trace_dir: pathlib.Path) -> pathlib.Path:
+    return next(trace_dir.rglob("*.trace.json.gz"), None) or next(trace_dir.rglob("perfetto_trace.json.gz"))
+
+
+def process_names(events) -> dict:
+    """pid -> the process's name ("/device:GPU:0", "/host:CPU", ...)."""
+    return {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+
+
 def load_events(trace_dir: pathlib.Path) -> list[dict]:
-    path = next(trace_dir.rglob("*.trace.json.gz"), None) or next(trace_dir.rglob("perfetto_trace.json.gz"))
-    with gzip.open(path) as f:
+    with gzip.open(trace_file(trace_dir)) as f:
         trace = json.load(f)
     return trace["traceEvents"] if isinstance(trace, dict) else trace
 
@@ -85,7 +93,7 @@ def save_window(trace_dir: pathlib.Path, out: pathlib.Path, steps: int):
     """The trace's metadata and every event overlapping [middle, middle + 2 steps) of the
     device activity, where a step is the device span over `steps`."""
     events = load_events(trace_dir)
-    names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    names = process_names(events)
     device = [e for e in events if e.get("ph") == "X" and "GPU" in names.get(e.get("pid"), "").upper()]
     if not device:
         return
@@ -102,7 +110,7 @@ def launch_summary(events) -> list[str]:
     """Whether the host or the GPUs set the pace: for each device, its idle time (no kernel on any
     stream) split into the part spent waiting for the host to launch the next kernel (the host's
     launch call, matched by CUPTI correlation id, ended after the gap began) and the rest."""
-    names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    names = process_names(events)
     launch_end = {}
     for e in events:  # host-side CUDA API calls carry the id of the work they launched
         if e.get("ph") == "X" and "GPU" not in names.get(e["pid"], "").upper() and "correlation_id" in e.get("args", {}):
@@ -149,6 +157,16 @@ def idle_summary(events, device_pids, per_step: int, top: int = 8) -> list[str]:
     for name, total in after.most_common(top):
         lines.append(f"{total / per_step:>10.1f}  {name[:120]}")
     return lines
+
+
+def decode_hlo(engine: Engine, batch: int, cache_len: int, gen: int) -> str:
+    """The optimised HLO of the engine's decode program for (batch, cache_len, gen steps)."""
+    state = jax.eval_shape(lambda: engine.model.init_state(batch, cache_len))
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32)  # noqa: E731
+    with engine.on_mesh():
+        return engine.programs(batch, cache_len).decode.lower(
+            engine.params, state, i32(batch), jax.ShapeDtypeStruct((batch,), bool), i32(batch), i32(), i32(STOP_SLOTS),
+            i32(), bucket(gen, 16), Sampling()).compile().as_text()
 
 
 def main():
@@ -203,13 +221,7 @@ def main():
     state, first = prefill()
     with jax.profiler.trace(str(out / "trace"), create_perfetto_trace=True):
         decode(state, first)
-    program = engine.programs(batch, cache_len).decode
-    state_shape = jax.eval_shape(lambda: model.init_state(batch, cache_len))
-    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32)  # noqa: E731
-    with engine.on_mesh():
-        hlo = program.lower(engine.params, state_shape, i32(batch), jax.ShapeDtypeStruct((batch,), bool), i32(batch),
-                            i32(), i32(STOP_SLOTS), i32(), bucket(args.gen, 16), Sampling()).compile().as_text()
-    (out / "decode.hlo.txt").write_text(hlo)
+    (out / "decode.hlo.txt").write_text(decode_hlo(engine, batch, cache_len, args.gen))
     summary = f"{args.config} batch {batch} mesh {args.mesh} gen {args.gen} on {jax.devices()[0].device_kind}\n"
     summary += kernel_summary(out / "trace", args.top, steps=args.gen - 1)
     save_window(out / "trace", out / "window.json.gz", steps=args.gen - 1)

@@ -18,7 +18,7 @@ import numpy as np
 from chimera.architectures.config import ModelConfig
 from chimera.runtime import costs
 from chimera.runtime.engine import STOP_SLOTS, Engine, bucket
-from chimera.runtime.gpu_options import default_compiler_options
+from chimera.runtime.gpu_options import decode_compiler_options
 from chimera.runtime.model import build
 from chimera.runtime.sampling import Sampling
 from chimera.sharding.init import draw_params
@@ -153,8 +153,7 @@ def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: in
         "jax_version": jax.__version__,
         "prefill_chunk": prefill_chunk,
         "decode_chunk": decode_chunk,
-        "compiler_options": (default_compiler_options(jax.devices()[:1] if mesh is None else mesh.devices.flat)
-                             if compiler_options is None else compiler_options),
+        "compiler_options": decode_compiler_options(mesh) if compiler_options is None else compiler_options,
         "cache_len": cache_len,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "results": [dataclasses.asdict(r) for r in results],

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from chimera.runtime.gpu_options import default_compiler_options
+from chimera.runtime.gpu_options import decode_compiler_options
 from chimera.runtime.model import Model
 from chimera.runtime.sampling import Sampling, sample
 from chimera.runtime.state import DecodeState
@@ -82,9 +82,8 @@ class Engine:
         self.max_batch = max_batch
         self.max_len = max_len
         self.mesh = mesh
-        devices = jax.devices()[:1] if mesh is None else mesh.devices.flat
         # None: chimera's defaults for the devices; {} compiles with XLA's own defaults
-        self.compiler_options = default_compiler_options(devices) if compiler_options is None else compiler_options
+        self.compiler_options = decode_compiler_options(mesh) if compiler_options is None else compiler_options
         self._programs: dict[tuple[int, int], Programs] = {}
         # With a mesh each leaf is split by its block's logical axes (sharding/rules.py).
         self.param_shardings = None if mesh is None else param_shardings(model, mesh)

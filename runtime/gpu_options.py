@@ -23,6 +23,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 
+import jax
+
 GPU_DECODE_OPTIONS = {
     "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONDITIONAL,"
                                      "COLLECTIVES,WHILE",
@@ -45,6 +47,11 @@ def default_compiler_options(devices) -> dict:
     on GPUs with a jaxlib that knows them, else none."""
     on_gpu = all(device.platform == "gpu" for device in devices)
     return dict(GPU_DECODE_OPTIONS) if on_gpu and jax_knows_options() else {}
+
+
+def decode_compiler_options(mesh) -> dict:
+    """`default_compiler_options` for a mesh's devices, or for the default device without one."""
+    return default_compiler_options(jax.devices()[:1] if mesh is None else mesh.devices.flat)
 
 
 def set_xla_flags(environ=os.environ) -> bool:
