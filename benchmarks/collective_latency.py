@@ -32,6 +32,7 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--loops", type=int, default=32, help="chains per call (a while loop, like decode)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--reduce-dtype", default="float32", help="dtype of the all-reduced partial sums")
     parser.add_argument("--json")
     parser.add_argument("--trace", help="write a profile of one chain call here and print its kernels")
     args = parser.parse_args()
@@ -49,7 +50,7 @@ def main():
         def block(x, w_out, w_in):  # per device: x [B, D] whole, w_out [D, F/n], w_in [F/n, D]
             for _ in range(args.chain):
                 h = x @ w_out  # [B, F/n]
-                y = (h @ w_in).astype(jnp.float32)  # [B, D] partial sum
+                y = (h @ w_in).astype(args.reduce_dtype)  # [B, D] partial sum
                 if reduce:
                     y = jax.lax.psum(y, "tensor")
                 x = (x.astype(jnp.float32) + y).astype(jnp.bfloat16)
@@ -67,7 +68,7 @@ def main():
     without = median_seconds(chain(False), (x, w_out, w_in), repeats=args.repeats)
     n = args.chain * args.loops
     result = {"devices": args.devices, "d_model": d, "batch": args.batch, "chain": args.chain,
-              "loops": args.loops, "ms_per_chain_with": with_reduce / args.loops * 1e3,
+              "reduce_dtype": args.reduce_dtype, "loops": args.loops, "ms_per_chain_with": with_reduce / args.loops * 1e3,
               "ms_per_chain_without": without / args.loops * 1e3,
               "us_per_all_reduce": (with_reduce - without) / n * 1e6,
               "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -9,6 +9,10 @@ For each layout (one device, then the mesh) the params are drawn once and every 
 is timed as `chimera bench` times it (Engine prefill + decode, warm-up excluded, median of
 --repeats). Printed per run: ms per step as bench reports it (the call over gen - 1 steps),
 and the marginal ms per step between the two lengths (per-call costs cancel).
+
+`--one-row-plain` (an experiment) multiplies a single row as it is instead of chimera's two-row
+form (`runtime/linear.py`); run it with `--xla_gpu_enable_dot_strength_reduction=false` in
+XLA_FLAGS, or XLA lowers those products as a multiply and a reduction.
 """
 
 from __future__ import annotations
@@ -18,12 +22,22 @@ import json
 import math
 
 import jax
+import jax.numpy as jnp
 
 import chimera
 from chimera.runtime import bench
 from chimera.runtime.cli import int_list, mesh_sizes
 from chimera.runtime.model import build
 from chimera.sharding.init import draw_params
+
+
+def multiply_one_row_plainly():
+    """Replace `linear` where the blocks imported it by the plain einsum (no zero row)."""
+    import chimera.attention.attention
+    import chimera.attention.mla
+    import chimera.moe.mlp
+    for module in (chimera.attention.attention, chimera.attention.mla, chimera.moe.mlp):
+        module.linear = lambda spec, x, w: jnp.einsum(spec, x, w)
 
 
 def main():
@@ -37,8 +51,11 @@ def main():
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--one-row-plain", action="store_true", help="no zero row for one-row products")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.one_row_plain:
+        multiply_one_row_plainly()
     config = chimera.load_config(args.config).replace(dtype=args.dtype)
     model = build(config)
     layouts = [] if args.no_single else [None]
@@ -62,7 +79,8 @@ def main():
             rows.append(row)
         del params
     report = {"config": config.name, "dtype": config.dtype, "prompt_len": args.prompt_len,
-              "device": jax.devices()[0].device_kind, "jax_version": jax.__version__, "rows": rows}
+              "device": jax.devices()[0].device_kind, "jax_version": jax.__version__,
+              "one_row_plain": args.one_row_plain, "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

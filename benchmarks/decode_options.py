@@ -1,11 +1,12 @@
 """Which XLA options the decode program really compiled with: for each variant of the GPU decode
 options, how the compiled program runs its all-reduces (XLA's one-shot kernel or NCCL, sync or
-async, from the optimised HLO), then its decode ms/step (bench's measurement, batch 1).
+async, from the optimised HLO), then its decode ms/step (bench's measurement).
 
-    python benchmarks/decode_options.py --config llama-3-8b --mesh tensor=2 [--gen 128] [--json out.json]
+    python benchmarks/decode_options.py --config llama-3-8b --mesh tensor=2 [--batch 1,16] [--gen 128] [--json out.json]
 
-Variants: XLA's defaults (or whatever XLA_FLAGS sets), chimera's GPU_DECODE_OPTIONS, and with the
-one-shot kernel turned off by its boolean flag instead of (or as well as) an empty kernel list.
+Variants: XLA's defaults (or whatever XLA_FLAGS sets), chimera's GPU_DECODE_OPTIONS, with the
+one-shot kernel turned off by its boolean flag instead of (or as well as) an empty kernel list,
+and with NCCL's symmetric buffers.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from profile_decode import decode_hlo  # this folder is on the path (run as a sc
 
 import chimera
 from chimera.runtime import bench
-from chimera.runtime.cli import mesh_sizes
+from chimera.runtime.cli import int_list, mesh_sizes
 from chimera.runtime.engine import Engine
 from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS
 from chimera.runtime.model import build
@@ -32,6 +33,7 @@ VARIANTS = {
     "chimera": GPU_DECODE_OPTIONS,
     "one-shot-flag-off": {**without_list, "xla_gpu_unsupported_use_all_reduce_one_shot_kernel": False},
     "both-off": {**GPU_DECODE_OPTIONS, "xla_gpu_unsupported_use_all_reduce_one_shot_kernel": False},
+    "symmetric": {**GPU_DECODE_OPTIONS, "xla_gpu_experimental_enable_nccl_symmetric_buffers": True},
 }
 
 
@@ -53,6 +55,8 @@ def main():
     parser.add_argument("--config", required=True)
     parser.add_argument("--mesh", type=mesh_sizes, required=True)
     parser.add_argument("--gen", type=int, default=128)
+    parser.add_argument("--batch", type=int_list, default=[1])
+    parser.add_argument("--no-hlo", action="store_true", help="time only (skip compiling for the HLO)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -63,17 +67,20 @@ def main():
     rows = []
     for name in args.variants.split(","):
         options = VARIANTS[name]
-        row = {"variant": name, "options": options}
-        try:
-            engine = Engine(model, params, max_batch=1, max_len=128 + args.gen, mesh=mesh, compiler_options=options)
-            row["all_reduces"] = all_reduce_kinds(engine, 1, engine.cache_len(128 + args.gen), args.gen)
-            row["decode_ms_per_step"] = bench.bench_batch(config, params, batch=1, prompt_len=128, gen=args.gen,
-                                                          repeats=2, mesh=mesh,
-                                                          compiler_options=options).decode_ms_per_step
-        except Exception as error:  # an option this XLA does not know, or a graph it cannot build
-            row["error"] = str(error)[:300]
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        for batch in args.batch:
+            row = {"variant": name, "batch": batch, "options": options}
+            try:
+                if not args.no_hlo:
+                    engine = Engine(model, params, max_batch=batch, max_len=128 + args.gen, mesh=mesh,
+                                    compiler_options=options)
+                    row["all_reduces"] = all_reduce_kinds(engine, batch, engine.cache_len(128 + args.gen), args.gen)
+                row["decode_ms_per_step"] = bench.bench_batch(config, params, batch=batch, prompt_len=128,
+                                                              gen=args.gen, repeats=2, mesh=mesh,
+                                                              compiler_options=options).decode_ms_per_step
+            except Exception as error:  # an option this XLA does not know, or a graph it cannot build
+                row["error"] = str(error)[:300]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": config.name, "mesh": args.mesh, "gen": args.gen, "jax_version": jax.__version__,

@@ -7,6 +7,20 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING; python3 -c "import chimera" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 python3 -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__, jax.devices())"
+# Sharded == one GPU under the CLI's XLA_FLAGS, float32 (session 7): llama-3-8b with 8 layers on tensor=2, then
+# every tiny preset on tensor=2 and expert=2 (does every program instantiate its CUDA graphs under these options?)
+equality_under_cli_flags() {  # with $opts if set, else the CLI's own
+  opts=${opts:-$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o, as_xla_flags as f; print(' '.join(f(o)))")}
+  E="python3 benchmarks/sharded_equality.py --dtype float32"
+  sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+  XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 $E --config $R/llama-3-8b-8layers.yaml \
+    --mesh tensor=2 --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-8b-8layers.json > $R/equality-8b.log 2>&1
+  echo "exit $?"; grep '"identical"' $R/equality-8b.log | tail -n 1; save
+  tiny=$(ls configs/*-tiny.yaml | xargs -n1 basename | sed 's/.yaml$//' | paste -sd,)
+  XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 420 $E --config $tiny --mesh tensor=2 --mesh expert=2 \
+    --prompts 5,17 --new-tokens 12 --json $R/equality-tiny.json > $R/equality-tiny.log 2>&1
+  echo "exit $?"; grep -E '^ "config"|"error"|^ "identical"' $R/equality-tiny.log | cut -c1-300; save
+}
 case "${1:-chimera}" in
   chimera)
     python3 benchmarks/copy_bandwidth.py
@@ -79,7 +93,7 @@ case "${1:-chimera}" in
     $B --json $R/llama-3-8b-1gpu.json; save
     for tp in 2 4 8; do $B --mesh tensor=$tp --json $R/llama-3-8b-tensor$tp.json; save; done
     for tp in 2 8; do XLA_FLAGS=$oneshot $B --mesh tensor=$tp --json $R/llama-3-8b-tensor$tp-oneshot.json; save; done
-    if grep -q "enable_dot_strength_reduction: known" $R/xla-flags.txt; then
+    if grep -q "enable_dot_strength_reduction: accepted" $R/xla-flags.txt; then
       nosr="--xla_gpu_enable_dot_strength_reduction=false"
       XLA_FLAGS=$nosr python3 benchmarks/matvec_lowering.py --json $R/matvec-lowering-nosr.json; save
       XLA_FLAGS=$nosr $B --batch 1 --json $R/llama-3-8b-1gpu-nosr.json; save
@@ -302,6 +316,95 @@ case "${1:-chimera}" in
     B="python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 2 --batch 1,16"
     timeout 100 $B --mesh tensor=2 --json $R/llama-3-8b-tensor2.json; save
     timeout 90 $B --json $R/llama-3-8b-1gpu.json; save
+    ;;
+  x2-screen2)  # 2 GPUs (session 7): with chimera's GPU decode options in XLA_FLAGS (the CLI's default), what else
+               # shortens a step: NCCL's symmetric-memory kernels, its LL protocol, user buffers (the all-reduce chain
+               # and llama-3-8b tensor=2); one-row products without the zero row (dot strength reduction off), with
+               # cuBLAS, Triton normalisation fusions, no split-K (1 GPU and tensor=2); then a profile with graphs
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o; print(' '.join(f'--{k}={str(v).lower() if isinstance(v, bool) else v}' for k, v in o.items()))")
+    sym="--xla_gpu_experimental_enable_nccl_symmetric_buffers=true"
+    nosr="--xla_gpu_enable_dot_strength_reduction=false"
+    for v in "opts|$opts" "sym|$opts $sym" "userbuf|$opts --xla_gpu_enable_nccl_user_buffers=true"; do
+      echo "== chain ${v%%|*}"; XLA_FLAGS="${v#*|}" timeout 60 python3 benchmarks/collective_latency.py --devices 2 2>&1 | grep -E "^\{|Error" | cut -c1-400
+    done 2>&1 | tee $R/chain.txt
+    echo "== chain LL"; XLA_FLAGS="$opts" NCCL_PROTO=LL timeout 60 python3 benchmarks/collective_latency.py --devices 2 \
+      2>&1 | grep -E "^\{|Error" | cut -c1-400 | tee -a $R/chain.txt; save
+    L="python3 benchmarks/decode_loop.py --config llama-3-8b --mesh tensor=2 --chunks 1 --gens 96 --repeats 2"
+    XLA_FLAGS="$opts" timeout 90 $L --json $R/opts.json 2>&1 | grep -E "^\{|Error" | cut -c1-400; save
+    XLA_FLAGS="$opts $sym" timeout 60 $L --no-single --json $R/sym.json 2>&1 | grep -E "^\{|Error" | cut -c1-400; save
+    XLA_FLAGS="$opts $nosr" timeout 90 $L --one-row-plain --json $R/plain.json 2>&1 | grep -E "^\{|Error" | cut -c1-400; save
+    XLA_FLAGS="$opts $nosr --xla_gpu_enable_triton_gemm=false" timeout 90 $L --one-row-plain --json $R/plain-cublas.json \
+      2>&1 | grep -E "^\{|Error" | cut -c1-400; save
+    XLA_FLAGS="$opts" NCCL_PROTO=LL timeout 60 $L --no-single --json $R/nccl-ll.json 2>&1 | grep -E "^\{|Error" | cut -c1-400; save
+    XLA_FLAGS="$opts --xla_gpu_enable_triton_softmax_fusion=true" timeout 90 $L --json $R/softmax-fusion.json 2>&1 | grep -E "^\{|Error" | cut -c1-400; save
+    XLA_FLAGS="$opts --xla_gpu_enable_split_k_autotuning=false" timeout 90 $L --json $R/no-split-k.json 2>&1 | grep -E "^\{|Error" | cut -c1-400; save
+    XLA_FLAGS="$opts --xla_enable_command_buffers_during_profiling=true" timeout 90 python3 benchmarks/profile_decode.py \
+      --config llama-3-8b --mesh tensor=2 --batch 1 --gen 32 --top 45 --out $R/profile-tensor2-graphs
+    rm -rf $R/profile-tensor2-graphs/trace; gzip $R/profile-tensor2-graphs/decode.hlo.txt; save
+    ;;
+  x2-screen3)  # 2 GPUs (session 7): x2-screen2's variants that stopped at once, with their errors; symmetric buffers +
+               # LL; the MoE preset over expert=2 with the CLI's default options; why the all-reduce chain's graph fails
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o; print(' '.join(f'--{k}={str(v).lower() if isinstance(v, bool) else v}' for k, v in o.items()))")
+    sym="--xla_gpu_experimental_enable_nccl_symmetric_buffers=true"
+    nosr="--xla_gpu_enable_dot_strength_reduction=false"
+    L="python3 benchmarks/decode_loop.py --config llama-3-8b --mesh tensor=2 --chunks 1 --gens 96 --repeats 2"
+    run() { name=$1; shift; echo "== $name"; "$@" > $R/$name.log 2>&1; echo "exit $?"; grep -E "^\{" $R/$name.log | cut -c1-300
+            grep -vE "^\{|^ +|^Traceback|^WARNING|^I0000" $R/$name.log | tail -n 4 | cut -c1-400; save; }
+    XLA_FLAGS="$opts $nosr" run plain timeout 90 $L --one-row-plain --json $R/plain.json
+    XLA_FLAGS="$opts $nosr --xla_gpu_enable_triton_gemm=false" run plain-cublas timeout 90 $L --one-row-plain --json $R/plain-cublas.json
+    XLA_FLAGS="$opts --xla_gpu_enable_triton_softmax_fusion=true" run softmax-fusion timeout 90 $L --json $R/softmax-fusion.json
+    XLA_FLAGS="$opts --xla_gpu_enable_split_k_autotuning=false" run no-split-k timeout 90 $L --json $R/no-split-k.json
+    XLA_FLAGS="$opts $sym" NCCL_PROTO=LL run sym-ll timeout 60 $L --no-single --json $R/sym-ll.json
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
+    B="python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --gen 64 --repeats 2 --batch 1,16"
+    run mixtral-expert2 timeout 90 $B --config $R/mixtral-8layers.yaml --mesh expert=2 --json $R/mixtral-8layers-expert2.json
+    XLA_FLAGS="$opts" run chain timeout 60 python3 benchmarks/collective_latency.py --devices 2
+    ;;
+  x2-sym-a)  # 2 GPUs (session 7): chimera's GPU decode options plus NCCL's symmetric buffers (in GPU_DECODE_OPTIONS when
+             # this ran; here in XLA_FLAGS, which the CLI keeps): llama-3-8b on 1 GPU and tensor=2; per program with and
+             # without them; the MoE preset over expert=2; which XLA options this jaxlib parses; the chain's graph
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    sym="--xla_gpu_experimental_enable_nccl_symmetric_buffers=true"
+    opts="$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o, as_xla_flags as f; print(' '.join(f(o)))") $sym"
+    run() { name=$1; shift; echo "== $name"; "$@" > $R/$name.log 2>&1; echo "exit $?"
+            grep -vE "^ +File|^Traceback|^WARNING|^I0000|^E0000|^    " $R/$name.log | tail -n 6 | cut -c1-300; save; }
+    run xla-flags python3 benchmarks/xla_flags.py
+    XLA_FLAGS="$opts" run chain-bf16 timeout 60 python3 benchmarks/collective_latency.py --devices 2 --reduce-dtype bfloat16
+    XLA_FLAGS="$(echo "$opts" | sed 's/,WHILE//')" run chain-no-while timeout 60 python3 benchmarks/collective_latency.py --devices 2
+    B="env XLA_FLAGS=$sym python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --repeats 2 --batch 1,16"
+    run bench-tensor2 timeout 110 $B --config llama-3-8b --gen 128 --mesh tensor=2 --json $R/llama-3-8b-tensor2.json
+    run bench-1gpu timeout 100 $B --config llama-3-8b --gen 128 --json $R/llama-3-8b-1gpu.json
+    run options timeout 150 python3 benchmarks/decode_options.py --config llama-3-8b --mesh tensor=2 \
+      --variants symmetric,chimera --json $R/decode-options.json
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
+    run mixtral-expert2 timeout 90 $B --config $R/mixtral-8layers.yaml --gen 64 --mesh expert=2 --json $R/mixtral-8layers-expert2.json
+    ;;
+  x2-sym-b)  # 2 GPUs (session 7): equality_under_cli_flags (above)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=""; equality_under_cli_flags
+    ;;
+  x2-sym-d)  # 2 GPUs (prepared in session 7): NCCL's symmetric buffers, with and without, in one lease: per step and
+             # per call (two generation lengths) for llama-3-8b tensor=2 and the MoE preset over expert=2, batch 1 and 16,
+             # and llama-3-8b on one GPU; then llama-3-8b (8 layers) tensor=2 == one GPU with them
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o, as_xla_flags as f; print(' '.join(f(o)))")
+    sym="--xla_gpu_experimental_enable_nccl_symmetric_buffers=true"
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
+    L="python3 benchmarks/decode_loop.py --chunks 1 --gens 32,160 --repeats 2"
+    timeout 60 $L --config llama-3-8b --json $R/llama-3-8b-1gpu.json 2>&1 | grep -E "^\{|Error" | cut -c1-300; save
+    for c in "llama-3-8b tensor=2" "$R/mixtral-8layers.yaml expert=2"; do set -- $c
+      for b in 1 16; do for v in opts sym; do [ $v = sym ] && flags="$opts $sym" || flags="$opts"
+        echo "== $(basename $1 .yaml) $2 batch $b $v"
+        XLA_FLAGS="$flags" timeout 60 $L --config $1 --mesh $2 --no-single --batch $b \
+          --json $R/$(basename $1 .yaml)-$2-b$b-$v.json 2>&1 | grep -E "^\{|Error" | cut -c1-300; save
+      done; done
+    done
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    XLA_FLAGS="$opts $sym" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 python3 benchmarks/sharded_equality.py \
+      --dtype float32 --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --prompts 5,40 --new-tokens 16 \
+      --json $R/equality-llama-3-8b-8layers-sym.json 2>&1 | grep '^ "identical"'; save
     ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)

@@ -54,6 +54,11 @@ def decode_compiler_options(mesh) -> dict:
     return default_compiler_options(jax.devices()[:1] if mesh is None else mesh.devices.flat)
 
 
+def as_xla_flags(options: dict) -> list[str]:
+    """Options as XLA_FLAGS words: `--name=value`, booleans as XLA spells them (true/false)."""
+    return [f"--{name}={str(value).lower() if isinstance(value, bool) else value}" for name, value in options.items()]
+
+
 def set_xla_flags(environ=os.environ) -> bool:
     """Append GPU_DECODE_OPTIONS to XLA_FLAGS, keeping any flag already set there. XLA reads
     XLA_FLAGS once, when the first backend starts, so this does nothing (and returns False)
@@ -63,8 +68,6 @@ def set_xla_flags(environ=os.environ) -> bool:
         return False
     flags = environ.get("XLA_FLAGS", "").split()
     already = {flag.split("=")[0].lstrip("-") for flag in flags}
-    for name, value in GPU_DECODE_OPTIONS.items():
-        if name not in already:
-            flags.append(f"--{name}={value}")
+    flags += as_xla_flags({name: value for name, value in GPU_DECODE_OPTIONS.items() if name not in already})
     environ["XLA_FLAGS"] = " ".join(flags)
     return True

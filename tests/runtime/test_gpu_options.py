@@ -1,11 +1,15 @@
 """runtime/gpu_options.py: which devices and jaxlibs get the GPU decode options, and how they are
 added to XLA_FLAGS (the Engine passing them to its decode program: tests/runtime/test_engine.py)."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import pytest
 
 from chimera.runtime import gpu_options
-from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS, default_compiler_options, set_xla_flags
+from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS, as_xla_flags, default_compiler_options, set_xla_flags
 
 
 class FakeDevice:
@@ -41,6 +45,16 @@ def test_set_xla_flags_appends_and_keeps_the_users(monkeypatch):
     assert len(flags) == 2 + len(GPU_DECODE_OPTIONS) - 1
 
 
+@pytest.mark.skipif(not gpu_options.jax_knows_options(), reason="this jaxlib predates some of the options")
+def test_xla_parses_the_flags():
+    """An option XLA does not know aborts a process that sets it in XLA_FLAGS (several names that
+    appear in jaxlib's binaries are not options any more): start a backend with all of them."""
+    environ = {**os.environ, "XLA_FLAGS": " ".join(as_xla_flags(GPU_DECODE_OPTIONS)), "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=environ, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
 def test_set_xla_flags_does_nothing_once_a_backend_runs_or_on_an_older_jaxlib(monkeypatch):
     jax.devices()  # a backend runs in this process
     environ = {}
@@ -49,3 +63,8 @@ def test_set_xla_flags_does_nothing_once_a_backend_runs_or_on_an_older_jaxlib(mo
     monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
     monkeypatch.setattr(gpu_options, "jax_knows_options", lambda: False)
     assert not set_xla_flags(environ) and environ == {}
+
+
+def test_as_xla_flags_spells_booleans_as_xla_does():
+    assert as_xla_flags({"xla_a": True, "xla_b": False, "xla_c": "", "xla_d": 1}) == [
+        "--xla_a=true", "--xla_b=false", "--xla_c=", "--xla_d=1"]
