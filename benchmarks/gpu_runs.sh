@@ -393,11 +393,11 @@ case "${1:-chimera}" in
     sym="--xla_gpu_experimental_enable_nccl_symmetric_buffers=true"
     sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
     L="python3 benchmarks/decode_loop.py --chunks 1 --gens 32,160 --repeats 2"
-    timeout 60 $L --config llama-3-8b --json $R/llama-3-8b-1gpu.json 2>&1 | grep -E "^\{|Error" | cut -c1-300; save
+    timeout 80 $L --config llama-3-8b --json $R/llama-3-8b-1gpu.json 2>&1 | grep -E "^\{|Error" | cut -c1-300; save
     for c in "llama-3-8b tensor=2" "$R/mixtral-8layers.yaml expert=2"; do set -- $c
       for b in 1 16; do for v in opts sym; do [ $v = sym ] && flags="$opts $sym" || flags="$opts"
         echo "== $(basename $1 .yaml) $2 batch $b $v"
-        XLA_FLAGS="$flags" timeout 60 $L --config $1 --mesh $2 --no-single --batch $b \
+        XLA_FLAGS="$flags" timeout 80 $L --config $1 --mesh $2 --no-single --batch $b \
           --json $R/$(basename $1 .yaml)-$2-b$b-$v.json 2>&1 | grep -E "^\{|Error" | cut -c1-300; save
       done; done
     done
