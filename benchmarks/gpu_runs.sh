@@ -12,13 +12,16 @@ python3 -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__
 equality_under_cli_flags() {  # with $opts if set, else the CLI's own
   opts=${opts:-$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o, as_xla_flags as f; print(' '.join(f(o)))")}
   E="python3 benchmarks/sharded_equality.py --dtype float32"
-  sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
-  XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 $E --config $R/llama-3-8b-8layers.yaml \
-    --mesh tensor=2 --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-8b-8layers.json > $R/equality-8b.log 2>&1
-  echo "exit $?"; grep '"identical"' $R/equality-8b.log | tail -n 1; save
+  if [ "${1:-}" != tiny-only ]; then
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 $E --config $R/llama-3-8b-8layers.yaml \
+      --mesh tensor=2 --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-8b-8layers.json > $R/equality-8b.log 2>&1
+    echo "exit $?"; grep '"identical"' $R/equality-8b.log | tail -n 1; save
+  fi
   tiny=$(ls configs/*-tiny.yaml | xargs -n1 basename | sed 's/.yaml$//' | paste -sd,)
-  XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 420 $E --config $tiny --mesh tensor=2 --mesh expert=2 \
-    --prompts 5,17 --new-tokens 12 --json $R/equality-tiny.json > $R/equality-tiny.log 2>&1
+  # one prompt: one-row programs, which on tensor=2 take ONE_ROW_TENSOR_PARALLEL_OPTIONS
+  XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 300 $E --config $tiny --mesh tensor=2 --mesh expert=2 \
+    --prompts 17 --new-tokens 12 --json $R/equality-tiny.json > $R/equality-tiny.log 2>&1
   echo "exit $?"; grep -E '^ "config"|"error"|^ "identical"' $R/equality-tiny.log | cut -c1-300; save
 }
 case "${1:-chimera}" in
@@ -405,6 +408,18 @@ case "${1:-chimera}" in
     XLA_FLAGS="$opts $sym" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 python3 benchmarks/sharded_equality.py \
       --dtype float32 --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --prompts 5,40 --new-tokens 16 \
       --json $R/equality-llama-3-8b-8layers-sym.json 2>&1 | grep '^ "identical"'; save
+    ;;
+  x2-final-d)  # 2 GPUs (session 7): what `chimera bench` now runs by default (symmetric buffers per program for
+               # one-row tensor-parallel steps): llama-3-8b on 1 GPU and tensor=2, Mixtral (8 layers) over expert=2;
+               # then every tiny preset sharded == one GPU under the CLI's flags (x2-sym-b without the 8B)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    B="python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --repeats 2 --batch 1,16"
+    timeout 100 $B --config llama-3-8b --gen 128 --json $R/llama-3-8b-1gpu.json 2>&1 | grep -E "^ +128|Error"; save
+    timeout 100 $B --config llama-3-8b --gen 128 --mesh tensor=2 --json $R/llama-3-8b-tensor2.json 2>&1 | grep -E "^ +128|Error"; save
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
+    timeout 80 $B --config $R/mixtral-8layers.yaml --gen 64 --mesh expert=2 --json $R/mixtral-8layers-expert2.json 2>&1 \
+      | grep -E "^ +128|Error"; save
+    opts=""; equality_under_cli_flags tiny-only
     ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)

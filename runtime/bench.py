@@ -18,7 +18,6 @@ import numpy as np
 from chimera.architectures.config import ModelConfig
 from chimera.runtime import costs
 from chimera.runtime.engine import STOP_SLOTS, Engine, bucket
-from chimera.runtime.gpu_options import decode_compiler_options
 from chimera.runtime.model import build
 from chimera.runtime.sampling import Sampling
 from chimera.sharding.init import draw_params
@@ -49,6 +48,7 @@ class BenchResult:
     prefill_flops: float
     prefill_tflop_s: float
     mfu: float | None
+    compiler_options: dict  # the decode program's XLA options
 
 
 def _timed(fn):
@@ -119,6 +119,7 @@ def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: i
         prefill_flops=flops,
         prefill_tflop_s=flops / prefill_s / 1e12,
         mfu=flops / prefill_s / flop_rate if flop_rate else None,
+        compiler_options=engine.decode_options(batch),
     )
 
 
@@ -153,7 +154,6 @@ def run(config: ModelConfig, batches: list[int], prompt_lens: list[int], gen: in
         "jax_version": jax.__version__,
         "prefill_chunk": prefill_chunk,
         "decode_chunk": decode_chunk,
-        "compiler_options": decode_compiler_options(mesh) if compiler_options is None else compiler_options,
         "cache_len": cache_len,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "results": [dataclasses.asdict(r) for r in results],

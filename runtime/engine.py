@@ -82,8 +82,8 @@ class Engine:
         self.max_batch = max_batch
         self.max_len = max_len
         self.mesh = mesh
-        # None: chimera's defaults for the devices; {} compiles with XLA's own defaults
-        self.compiler_options = decode_compiler_options(mesh) if compiler_options is None else compiler_options
+        # None: chimera's defaults for the devices and each program's batch; {}: XLA's own defaults
+        self.compiler_options = compiler_options
         self._programs: dict[tuple[int, int], Programs] = {}
         # With a mesh each leaf is split by its block's logical axes (sharding/rules.py).
         self.param_shardings = None if mesh is None else param_shardings(model, mesh)
@@ -106,7 +106,7 @@ class Engine:
         new_state = functools.partial(self.model.init_state, batch, cache_len)
         prefill = functools.partial(jax.jit, self._prefill, static_argnums=(7,), donate_argnums=(1,))
         decode = functools.partial(jax.jit, self._decode, static_argnums=(8, 9), donate_argnums=(1,),
-                                   compiler_options=self.compiler_options or None)
+                                   compiler_options=self.decode_options(batch) or None)
         if self.mesh is None:
             return Programs(new_state=jax.jit(new_state), prefill=prefill(), decode=decode())
         state = state_shardings(self.model, self.mesh, batch, cache_len)
@@ -118,6 +118,12 @@ class Engine:
             # the tokens come out replicated: every process reads them whole
             decode=decode(in_shardings=(self.param_shardings, state, rows, rows, rows, whole, whole, whole),
                           out_shardings=(whole, whole, whole, state)))
+
+    def decode_options(self, batch: int) -> dict:
+        """The XLA options the decode program of `batch` rows compiles with."""
+        if self.compiler_options is None:
+            return decode_compiler_options(self.mesh, batch)
+        return self.compiler_options
 
     def on_mesh(self):
         """The context the programs run (and are traced) in."""

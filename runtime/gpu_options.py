@@ -9,9 +9,9 @@ so it is turned off) and the loop itself into CUDA graphs, so a step starts once
 collectives run synchronously on the compute stream.
 
 Two ways to apply them, both used by default:
-- per program: `Engine` compiles its decode loop with `default_compiler_options` (jit's
+- per program: `Engine` compiles its decode loop with `decode_compiler_options` (jit's
   `compiler_options`), which covers the compile-time choices (NCCL instead of the one-shot
-  kernel, synchronous collectives);
+  kernel, synchronous collectives, NCCL's symmetric buffers for one-row tensor-parallel steps);
 - per process: `set_xla_flags` appends them to XLA_FLAGS before the first backend starts; the
   `chimera` CLI calls it. Only this way did the full gain show (llama-3-8b tensor=2 batch 1:
   3.62 ms a step with XLA's defaults, 3.52 with per-program options, 3.30 with XLA_FLAGS), so
@@ -49,9 +49,29 @@ def default_compiler_options(devices) -> dict:
     return dict(GPU_DECODE_OPTIONS) if on_gpu and jax_knows_options() else {}
 
 
-def decode_compiler_options(mesh) -> dict:
-    """`default_compiler_options` for a mesh's devices, or for the default device without one."""
-    return default_compiler_options(jax.devices()[:1] if mesh is None else mesh.devices.flat)
+# NCCL (>= 2.27) has low-latency symmetric-memory kernels for buffers that every rank registered at
+# the same offset; XLA allocates the collectives' buffers that way with this option. Per step, in
+# one lease of 2 H200s (BENCHMARKS.md): llama-3-8b tensor=2 batch 1 3.20 -> 2.96 ms, but batch 16
+# 3.53 -> 3.67 and an 8-layer Mixtral over expert=2 4.03 -> 4.35 (batch 1) and 3.68 -> 4.23 (16).
+# So only programs whose all-reduces carry one row's activation get it, and never process-wide.
+ONE_ROW_TENSOR_PARALLEL_OPTIONS = {"xla_gpu_experimental_enable_nccl_symmetric_buffers": True}
+
+
+def one_row_tensor_parallel(mesh, batch: int) -> bool:
+    """Whether a decode program of `batch` rows on `mesh` is the measured case for
+    ONE_ROW_TENSOR_PARALLEL_OPTIONS: one row, split over `tensor` only."""
+    return (mesh is not None and batch == 1 and mesh.shape["tensor"] > 1
+            and mesh.shape["data"] == mesh.shape["expert"] == 1)
+
+
+def decode_compiler_options(mesh, batch: int) -> dict:
+    """The options chimera compiles a decode program of `batch` rows with: `default_compiler_options`
+    for the mesh's devices (the default device without one), plus ONE_ROW_TENSOR_PARALLEL_OPTIONS
+    where they help."""
+    options = default_compiler_options(jax.devices()[:1] if mesh is None else mesh.devices.flat)
+    if options and one_row_tensor_parallel(mesh, batch):
+        options |= ONE_ROW_TENSOR_PARALLEL_OPTIONS
+    return options
 
 
 def as_xla_flags(options: dict) -> list[str]:

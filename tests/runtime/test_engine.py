@@ -224,7 +224,10 @@ def test_compiler_options_reach_the_decode_program(setup, expected):
     know fails that compile (so they are passed, not dropped); {} generates as the default."""
     model, params, _ = setup
     plain = chimera.Engine(model, params, max_batch=MAX_BATCH, max_len=MAX_LEN, compiler_options={})
-    assert plain.compiler_options == {}
+    assert plain.decode_options(1) == {}
+    assert chimera.Engine(model, params, compiler_options={"xla_gpu_graph_min_graph_size": 3}).decode_options(4) == {
+        "xla_gpu_graph_min_graph_size": 3}
+    assert chimera.Engine(model, params).decode_options(1) == {}  # chimera's defaults: none on the CPU
     assert_greedy(plain.generate(PROMPTS, max_new_tokens=MAX_NEW), expected)
     bad = chimera.Engine(model, params, max_batch=MAX_BATCH, max_len=MAX_LEN,
                          compiler_options={"xla_no_such_option": 1})

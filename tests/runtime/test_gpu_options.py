@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from chimera.runtime import gpu_options
-from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS, as_xla_flags, default_compiler_options, set_xla_flags
+from chimera.runtime.gpu_options import (GPU_DECODE_OPTIONS, ONE_ROW_TENSOR_PARALLEL_OPTIONS, as_xla_flags,
+                                         decode_compiler_options, default_compiler_options, set_xla_flags)
 
 
 class FakeDevice:
@@ -23,6 +25,24 @@ def test_default_compiler_options(monkeypatch, platform, knows, expected):
     monkeypatch.setattr(gpu_options, "jax_knows_options", lambda: knows)
     assert default_compiler_options([FakeDevice(platform)] * 2) == expected
     assert default_compiler_options([FakeDevice("gpu"), FakeDevice("cpu")]) == {}
+
+
+class FakeMesh:
+    def __init__(self, platform, **sizes):
+        self.shape = {"data": 1, "expert": 1, "tensor": 1, **sizes}
+        self.devices = np.array([FakeDevice(platform)] * int(np.prod(list(self.shape.values()))))
+
+
+@pytest.mark.parametrize("sizes, batch, symmetric", [
+    ({"tensor": 2}, 1, True), ({"tensor": 8}, 1, True), ({"tensor": 2}, 2, False), ({"tensor": 2}, 16, False),
+    ({"expert": 2}, 1, False), ({"expert": 2, "tensor": 2}, 1, False), ({"data": 2, "tensor": 2}, 2, False)])
+def test_symmetric_buffers_only_for_one_row_tensor_parallel_steps(monkeypatch, sizes, batch, symmetric):
+    """NCCL's symmetric buffers were measured faster for one-row tensor=2 steps and slower for
+    batch 16 and expert parallelism (BENCHMARKS.md), so only the first get them."""
+    monkeypatch.setattr(gpu_options, "jax_knows_options", lambda: True)
+    options = decode_compiler_options(FakeMesh("gpu", **sizes), batch)
+    assert options == (GPU_DECODE_OPTIONS | ONE_ROW_TENSOR_PARALLEL_OPTIONS if symmetric else GPU_DECODE_OPTIONS)
+    assert decode_compiler_options(FakeMesh("cpu", **sizes), batch) == {}
 
 
 def test_jax_knows_options_follows_the_jaxlib_version(monkeypatch):
