@@ -9,6 +9,10 @@ it prints microseconds per all-reduce = (chain with - chain without) / N. `--tra
 profiles one call of the chain with all-reduces and prints its kernels, which shows how XLA
 ran the all-reduce (an NCCL kernel, or XLA's own `all_reduce_*` kernel) under those settings,
 and keeps two chains' host and device events in DIR/window.json.gz.
+
+Under chimera's GPU decode options (runtime/gpu_options.py) in XLA_FLAGS the chain's program
+fails to instantiate its CUDA graph (JAX 0.11.2; the decode loops do not): drop `WHILE` from
+`--xla_gpu_enable_command_buffer` to time captured all-reduces here.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ Two ways to apply them, both used by default:
 - per program: `Engine` compiles its decode loop with `decode_compiler_options` (jit's
   `compiler_options`), which covers the compile-time choices (NCCL instead of the one-shot
   kernel, synchronous collectives, NCCL's symmetric buffers for one-row tensor-parallel steps);
-- per process: `set_xla_flags` appends them to XLA_FLAGS before the first backend starts; the
-  `chimera` CLI calls it. Only this way did the full gain show (llama-3-8b tensor=2 batch 1:
+- per process: `set_xla_flags` appends GPU_DECODE_OPTIONS (not the one-row options, which slow
+  other programs) to XLA_FLAGS before the first backend starts; the `chimera` CLI calls it. Only this way did the full gain show (llama-3-8b tensor=2 batch 1:
   3.62 ms a step with XLA's defaults, 3.52 with per-program options, 3.30 with XLA_FLAGS), so
   part of the capture is decided from the process's flags at run time.
 """
