@@ -428,6 +428,14 @@ case "${1:-chimera}" in
       --config llama-3-8b --mesh tensor=2 --batch 1 --gen 32 --top 30 --out $R/profile-tensor2-b1
     rm -rf $R/profile-tensor2-b1/trace; gzip $R/profile-tensor2-b1/decode.hlo.txt; save
     ;;
+  h200-profile-d)  # 1 GPU (session 7): llama-3-8b batch 1 on one GPU as the CLI runs it, profiled with its graphs
+                   # kept: how much of the step the small per-layer kernels are (the tensor=2 one: x2-profile-d)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o, as_xla_flags as f; print(' '.join(f(o)))")
+    XLA_FLAGS="$opts --xla_enable_command_buffers_during_profiling=true" timeout 120 python3 benchmarks/profile_decode.py \
+      --config llama-3-8b --batch 1 --gen 32 --top 40 --out $R/profile-1gpu-b1
+    rm -rf $R/profile-1gpu-b1/trace; gzip $R/profile-1gpu-b1/decode.hlo.txt; save
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \
