@@ -20,8 +20,13 @@ Two ways to apply them, both used by default:
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
+import re
+import subprocess
+import sys
+import warnings
 
 import jax
 
@@ -35,11 +40,30 @@ GPU_DECODE_OPTIONS = {
 }
 
 
+@functools.cache
 def jax_knows_options() -> bool:
-    """Whether the installed jaxlib's XLA has every option above (0.11 on; an unknown option is
-    an error, in XLA_FLAGS a fatal one)."""
+    """Whether this jaxlib's XLA accepts every option chimera may use (GPU_DECODE_OPTIONS and
+    ONE_ROW_TENSOR_PARALLEL_OPTIONS). An unknown option fails a compile, and in XLA_FLAGS aborts
+    the process; XLA drops options between releases (jaxlib 0.11.2's binaries still name three it
+    no longer parses). So below 0.11 (which lacks some) the answer is no, and from 0.11 on a child
+    process starts XLA with them: once per process, and only asked on GPU machines."""
     version = importlib.metadata.version("jaxlib").split(".")
-    return tuple(int(part) for part in version[:2] if part.isdigit()) >= (0, 11)
+    if tuple(int(part) for part in version[:2] if part.isdigit()) < (0, 11):
+        return False
+    flags = as_xla_flags(GPU_DECODE_OPTIONS | ONE_ROW_TENSOR_PARALLEL_OPTIONS)
+    environ = {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=environ, capture_output=True,
+                           text=True, timeout=300)
+    if probe.returncode != 0:
+        warnings.warn("this XLA does not accept chimera's GPU decode options (runtime/gpu_options.py); decoding "
+                      f"with XLA's defaults. XLA said: {probe.stderr.strip()[-300:]}", stacklevel=2)
+    return probe.returncode == 0
+
+
+def cuda_plugin_installed() -> bool:
+    """Whether a JAX CUDA plugin is installed: the options concern NVIDIA GPUs only."""
+    names = ((distribution.metadata["Name"] or "").lower() for distribution in importlib.metadata.distributions())
+    return any(re.fullmatch(r"jax[-_]cuda\d+[-_](plugin|pjrt)", name) for name in names)
 
 
 def default_compiler_options(devices) -> dict:
@@ -82,9 +106,10 @@ def as_xla_flags(options: dict) -> list[str]:
 def set_xla_flags(environ=os.environ) -> bool:
     """Append GPU_DECODE_OPTIONS to XLA_FLAGS, keeping any flag already set there. XLA reads
     XLA_FLAGS once, when the first backend starts, so this does nothing (and returns False)
-    once a backend runs, or with a jaxlib that lacks the options. They only concern GPUs."""
+    once a backend runs, without a CUDA plugin (the options only concern GPUs), or with an XLA
+    that does not accept them (`jax_knows_options`)."""
     from jax._src import xla_bridge  # no public "have backends started" in JAX
-    if xla_bridge.backends_are_initialized() or not jax_knows_options():
+    if xla_bridge.backends_are_initialized() or not cuda_plugin_installed() or not jax_knows_options():
         return False
     flags = environ.get("XLA_FLAGS", "").split()
     already = {flag.split("=")[0].lstrip("-") for flag in flags}

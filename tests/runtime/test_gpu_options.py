@@ -1,9 +1,7 @@
 """runtime/gpu_options.py: which devices and jaxlibs get the GPU decode options, and how they are
 added to XLA_FLAGS (the Engine passing them to its decode program: tests/runtime/test_engine.py)."""
 
-import os
-import subprocess
-import sys
+import importlib.metadata
 
 import jax
 import numpy as np
@@ -45,15 +43,43 @@ def test_symmetric_buffers_only_for_one_row_tensor_parallel_steps(monkeypatch, s
     assert decode_compiler_options(FakeMesh("cpu", **sizes), batch) == {}
 
 
-def test_jax_knows_options_follows_the_jaxlib_version(monkeypatch):
-    for version, knows in [("0.11.2", True), ("0.12.0.dev20261101", True), ("0.10.2", False), ("1.0", True)]:
-        monkeypatch.setattr(gpu_options.importlib.metadata, "version", lambda name, v=version: v)
-        assert gpu_options.jax_knows_options() == knows, version
+def test_jax_knows_options_below_0_11_without_asking_xla(monkeypatch):
+    monkeypatch.setattr(gpu_options.importlib.metadata, "version", lambda name: "0.10.2")
+    monkeypatch.setattr(gpu_options.subprocess, "run", None)  # not called
+    gpu_options.jax_knows_options.cache_clear()
+    assert not gpu_options.jax_knows_options()
+    gpu_options.jax_knows_options.cache_clear()
+
+
+@pytest.mark.parametrize("option, accepted", [("xla_gpu_graph_min_graph_size", True), ("xla_gpu_no_such_option", False)])
+def test_jax_knows_options_asks_xla_from_0_11_on(monkeypatch, option, accepted):
+    """From jaxlib 0.11 on a child process starts XLA with the options: a name it does not parse
+    (XLA drops options between releases) means no options, with a warning."""
+    monkeypatch.setattr(gpu_options.importlib.metadata, "version", lambda name: "0.11.2")
+    monkeypatch.setattr(gpu_options, "GPU_DECODE_OPTIONS", {option: 1})
+    monkeypatch.setattr(gpu_options, "ONE_ROW_TENSOR_PARALLEL_OPTIONS", {})
+    gpu_options.jax_knows_options.cache_clear()
+    if accepted:
+        assert gpu_options.jax_knows_options()
+    else:
+        with pytest.warns(UserWarning, match="does not accept"):
+            assert not gpu_options.jax_knows_options()
+    gpu_options.jax_knows_options.cache_clear()
+
+
+def test_cuda_plugin_installed(monkeypatch):
+    class Distribution:
+        def __init__(self, name):
+            self.metadata = {"Name": name}
+    for names, installed in [(["numpy", "jax-cuda13-plugin"], True), (["jax_cuda12_pjrt"], True), (["jax", "jaxlib"], False)]:
+        monkeypatch.setattr(gpu_options.importlib.metadata, "distributions", lambda n=names: map(Distribution, n))
+        assert gpu_options.cuda_plugin_installed() == installed, names
 
 
 def test_set_xla_flags_appends_and_keeps_the_users(monkeypatch):
     from jax._src import xla_bridge
     monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setattr(gpu_options, "cuda_plugin_installed", lambda: True)
     monkeypatch.setattr(gpu_options, "jax_knows_options", lambda: True)
     environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_gpu_graph_min_graph_size=5"}
     assert set_xla_flags(environ)
@@ -65,22 +91,25 @@ def test_set_xla_flags_appends_and_keeps_the_users(monkeypatch):
     assert len(flags) == 2 + len(GPU_DECODE_OPTIONS) - 1
 
 
-@pytest.mark.skipif(not gpu_options.jax_knows_options(), reason="this jaxlib predates some of the options")
-def test_xla_parses_the_flags():
-    """An option XLA does not know aborts a process that sets it in XLA_FLAGS (several names that
-    appear in jaxlib's binaries are not options any more): start a backend with all of them."""
-    environ = {**os.environ, "XLA_FLAGS": " ".join(as_xla_flags(GPU_DECODE_OPTIONS)), "JAX_PLATFORMS": "cpu"}
-    run = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=environ, capture_output=True,
-                         text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
+@pytest.mark.skipif(tuple(map(int, importlib.metadata.version("jaxlib").split(".")[:2])) < (0, 11),
+                    reason="this jaxlib predates some of the options")
+def test_this_jaxlib_accepts_the_options():
+    """The option names are current for the installed jaxlib (XLA drops options between
+    releases; chimera then decodes with XLA's defaults, and this fails until they are updated)."""
+    gpu_options.jax_knows_options.cache_clear()
+    assert gpu_options.jax_knows_options()
 
 
-def test_set_xla_flags_does_nothing_once_a_backend_runs_or_on_an_older_jaxlib(monkeypatch):
+def test_set_xla_flags_does_nothing_once_a_backend_runs_without_cuda_or_options(monkeypatch):
     jax.devices()  # a backend runs in this process
     environ = {}
     assert not set_xla_flags(environ) and environ == {}
     from jax._src import xla_bridge
     monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setattr(gpu_options, "cuda_plugin_installed", lambda: False)
+    monkeypatch.setattr(gpu_options, "jax_knows_options", lambda: True)
+    assert not set_xla_flags(environ) and environ == {}  # a CPU-only install: not even XLA is asked
+    monkeypatch.setattr(gpu_options, "cuda_plugin_installed", lambda: True)
     monkeypatch.setattr(gpu_options, "jax_knows_options", lambda: False)
     assert not set_xla_flags(environ) and environ == {}
 
