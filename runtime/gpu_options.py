@@ -40,24 +40,33 @@ GPU_DECODE_OPTIONS = {
 }
 
 
+# jaxlibs whose XLA was seen to accept every option (on the GPU machines, session 7): not asked again
+ACCEPTING_JAXLIBS = ("0.11.2",)
+
+
+def xla_accepts(options: dict) -> bool:
+    """Whether XLA starts with `options` in XLA_FLAGS, asked of a child process (~2-4 s): an
+    option XLA does not parse aborts the process that sets it."""
+    environ = {**os.environ, "XLA_FLAGS": " ".join(as_xla_flags(options)), "JAX_PLATFORMS": "cpu"}
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=environ, capture_output=True,
+                           text=True, timeout=300)
+    if probe.returncode != 0:
+        warnings.warn("this XLA does not accept chimera's GPU decode options (runtime/gpu_options.py); decoding "
+                      f"with XLA's defaults. XLA said: {probe.stderr.strip()[-300:]}", stacklevel=3)
+    return probe.returncode == 0
+
+
 @functools.cache
 def jax_knows_options() -> bool:
     """Whether this jaxlib's XLA accepts every option chimera may use (GPU_DECODE_OPTIONS and
     ONE_ROW_TENSOR_PARALLEL_OPTIONS). An unknown option fails a compile, and in XLA_FLAGS aborts
     the process; XLA drops options between releases (jaxlib 0.11.2's binaries still name three it
-    no longer parses). So below 0.11 (which lacks some) the answer is no, and from 0.11 on a child
-    process starts XLA with them: once per process, and only asked on GPU machines."""
-    version = importlib.metadata.version("jaxlib").split(".")
-    if tuple(int(part) for part in version[:2] if part.isdigit()) < (0, 11):
+    no longer parses). So: no below 0.11 (which lacks some), yes for ACCEPTING_JAXLIBS, and for
+    any other `xla_accepts` decides, once per process (only GPU machines ask)."""
+    version = importlib.metadata.version("jaxlib")
+    if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < (0, 11):
         return False
-    flags = as_xla_flags(GPU_DECODE_OPTIONS | ONE_ROW_TENSOR_PARALLEL_OPTIONS)
-    environ = {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
-    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=environ, capture_output=True,
-                           text=True, timeout=300)
-    if probe.returncode != 0:
-        warnings.warn("this XLA does not accept chimera's GPU decode options (runtime/gpu_options.py); decoding "
-                      f"with XLA's defaults. XLA said: {probe.stderr.strip()[-300:]}", stacklevel=2)
-    return probe.returncode == 0
+    return version in ACCEPTING_JAXLIBS or xla_accepts(GPU_DECODE_OPTIONS | ONE_ROW_TENSOR_PARALLEL_OPTIONS)
 
 
 def cuda_plugin_installed() -> bool:

@@ -51,11 +51,19 @@ def test_jax_knows_options_below_0_11_without_asking_xla(monkeypatch):
     gpu_options.jax_knows_options.cache_clear()
 
 
+def test_jax_knows_options_trusts_the_jaxlibs_seen_to_accept_them(monkeypatch):
+    monkeypatch.setattr(gpu_options.importlib.metadata, "version", lambda name: gpu_options.ACCEPTING_JAXLIBS[0])
+    monkeypatch.setattr(gpu_options.subprocess, "run", None)  # not called
+    gpu_options.jax_knows_options.cache_clear()
+    assert gpu_options.jax_knows_options()
+    gpu_options.jax_knows_options.cache_clear()
+
+
 @pytest.mark.parametrize("option, accepted", [("xla_gpu_graph_min_graph_size", True), ("xla_gpu_no_such_option", False)])
-def test_jax_knows_options_asks_xla_from_0_11_on(monkeypatch, option, accepted):
-    """From jaxlib 0.11 on a child process starts XLA with the options: a name it does not parse
-    (XLA drops options between releases) means no options, with a warning."""
-    monkeypatch.setattr(gpu_options.importlib.metadata, "version", lambda name: "0.11.2")
+def test_jax_knows_options_asks_xla_for_other_jaxlibs(monkeypatch, option, accepted):
+    """Another jaxlib from 0.11 on: a child process starts XLA with the options; a name it does
+    not parse (XLA drops options between releases) means no options, with a warning."""
+    monkeypatch.setattr(gpu_options.importlib.metadata, "version", lambda name: "0.11.99")
     monkeypatch.setattr(gpu_options, "GPU_DECODE_OPTIONS", {option: 1})
     monkeypatch.setattr(gpu_options, "ONE_ROW_TENSOR_PARALLEL_OPTIONS", {})
     gpu_options.jax_knows_options.cache_clear()
@@ -96,8 +104,7 @@ def test_set_xla_flags_appends_and_keeps_the_users(monkeypatch):
 def test_this_jaxlib_accepts_the_options():
     """The option names are current for the installed jaxlib (XLA drops options between
     releases; chimera then decodes with XLA's defaults, and this fails until they are updated)."""
-    gpu_options.jax_knows_options.cache_clear()
-    assert gpu_options.jax_knows_options()
+    assert gpu_options.xla_accepts(GPU_DECODE_OPTIONS | ONE_ROW_TENSOR_PARALLEL_OPTIONS)
 
 
 def test_set_xla_flags_does_nothing_once_a_backend_runs_without_cuda_or_options(monkeypatch):
