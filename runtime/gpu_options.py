@@ -13,9 +13,10 @@ Two ways to apply them, both used by default:
   `compiler_options`), which covers the compile-time choices (NCCL instead of the one-shot
   kernel, synchronous collectives, NCCL's symmetric buffers for one-row tensor-parallel steps);
 - per process: `set_xla_flags` appends GPU_DECODE_OPTIONS (not the one-row options, which slow
-  other programs) to XLA_FLAGS before the first backend starts; the `chimera` CLI calls it. Only this way did the full gain show (llama-3-8b tensor=2 batch 1:
-  3.62 ms a step with XLA's defaults, 3.52 with per-program options, 3.30 with XLA_FLAGS), so
-  part of the capture is decided from the process's flags at run time.
+  other programs) to XLA_FLAGS before the first backend starts; the `chimera` CLI calls it.
+  Only this way did the full gain show (llama-3-8b tensor=2 batch 1: 3.62 ms a step with XLA's
+  defaults, 3.52 with per-program options, 3.30 with XLA_FLAGS), so part of the capture is
+  decided from the process's flags at run time.
 """
 
 from __future__ import annotations
@@ -39,21 +40,29 @@ GPU_DECODE_OPTIONS = {
     "xla_gpu_graph_min_graph_size": 1,
 }
 
+# NCCL (>= 2.27) has low-latency symmetric-memory kernels for buffers that every rank registered at
+# the same offset; XLA allocates the collectives' buffers that way with this option. Per step, in
+# one lease of 2 H200s (BENCHMARKS.md): llama-3-8b tensor=2 batch 1 3.20 -> 2.96 ms, but batch 16
+# 3.53 -> 3.67 and an 8-layer Mixtral over expert=2 4.03 -> 4.35 (batch 1) and 3.68 -> 4.23 (16).
+# So only programs whose all-reduces carry one row's activation get it, and never process-wide.
+ONE_ROW_TENSOR_PARALLEL_OPTIONS = {"xla_gpu_experimental_enable_nccl_symmetric_buffers": True}
 
 # jaxlibs whose XLA was seen to accept every option (on the GPU machines, session 7): not asked again
 ACCEPTING_JAXLIBS = ("0.11.2",)
 
 
-def xla_accepts(options: dict) -> bool:
-    """Whether XLA starts with `options` in XLA_FLAGS, asked of a child process (~2-4 s): an
-    option XLA does not parse aborts the process that sets it."""
+def as_xla_flags(options: dict) -> list[str]:
+    """Options as XLA_FLAGS words: `--name=value`, booleans as XLA spells them (true/false)."""
+    return [f"--{name}={str(value).lower() if isinstance(value, bool) else value}" for name, value in options.items()]
+
+
+def xla_flags_error(options: dict) -> str:
+    """What XLA says when a process starts with `options` in XLA_FLAGS ("" when it accepts them),
+    asked of a child process (~2-4 s): an option XLA does not parse aborts the process."""
     environ = {**os.environ, "XLA_FLAGS": " ".join(as_xla_flags(options)), "JAX_PLATFORMS": "cpu"}
     probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=environ, capture_output=True,
                            text=True, timeout=300)
-    if probe.returncode != 0:
-        warnings.warn("this XLA does not accept chimera's GPU decode options (runtime/gpu_options.py); decoding "
-                      f"with XLA's defaults. XLA said: {probe.stderr.strip()[-300:]}", stacklevel=3)
-    return probe.returncode == 0
+    return "" if probe.returncode == 0 else probe.stderr.strip()[-500:] or f"exit {probe.returncode}"
 
 
 @functools.cache
@@ -62,11 +71,17 @@ def jax_knows_options() -> bool:
     ONE_ROW_TENSOR_PARALLEL_OPTIONS). An unknown option fails a compile, and in XLA_FLAGS aborts
     the process; XLA drops options between releases (jaxlib 0.11.2's binaries still name three it
     no longer parses). So: no below 0.11 (which lacks some), yes for ACCEPTING_JAXLIBS, and for
-    any other `xla_accepts` decides, once per process (only GPU machines ask)."""
+    any other XLA is asked (`xla_flags_error`), once per process (only GPU machines ask)."""
     version = importlib.metadata.version("jaxlib")
     if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < (0, 11):
         return False
-    return version in ACCEPTING_JAXLIBS or xla_accepts(GPU_DECODE_OPTIONS | ONE_ROW_TENSOR_PARALLEL_OPTIONS)
+    if version in ACCEPTING_JAXLIBS:
+        return True
+    error = xla_flags_error(GPU_DECODE_OPTIONS | ONE_ROW_TENSOR_PARALLEL_OPTIONS)
+    if error:
+        warnings.warn("this XLA does not accept chimera's GPU decode options (runtime/gpu_options.py); decoding "
+                      f"with XLA's defaults. XLA said: {error[-300:]}", stacklevel=2)
+    return not error
 
 
 def cuda_plugin_installed() -> bool:
@@ -80,14 +95,6 @@ def default_compiler_options(devices) -> dict:
     on GPUs with a jaxlib that knows them, else none."""
     on_gpu = all(device.platform == "gpu" for device in devices)
     return dict(GPU_DECODE_OPTIONS) if on_gpu and jax_knows_options() else {}
-
-
-# NCCL (>= 2.27) has low-latency symmetric-memory kernels for buffers that every rank registered at
-# the same offset; XLA allocates the collectives' buffers that way with this option. Per step, in
-# one lease of 2 H200s (BENCHMARKS.md): llama-3-8b tensor=2 batch 1 3.20 -> 2.96 ms, but batch 16
-# 3.53 -> 3.67 and an 8-layer Mixtral over expert=2 4.03 -> 4.35 (batch 1) and 3.68 -> 4.23 (16).
-# So only programs whose all-reduces carry one row's activation get it, and never process-wide.
-ONE_ROW_TENSOR_PARALLEL_OPTIONS = {"xla_gpu_experimental_enable_nccl_symmetric_buffers": True}
 
 
 def one_row_tensor_parallel(mesh, batch: int) -> bool:
@@ -105,11 +112,6 @@ def decode_compiler_options(mesh, batch: int) -> dict:
     if options and one_row_tensor_parallel(mesh, batch):
         options |= ONE_ROW_TENSOR_PARALLEL_OPTIONS
     return options
-
-
-def as_xla_flags(options: dict) -> list[str]:
-    """Options as XLA_FLAGS words: `--name=value`, booleans as XLA spells them (true/false)."""
-    return [f"--{name}={str(value).lower() if isinstance(value, bool) else value}" for name, value in options.items()]
 
 
 def set_xla_flags(environ=os.environ) -> bool:

@@ -104,7 +104,7 @@ def test_set_xla_flags_appends_and_keeps_the_users(monkeypatch):
 def test_this_jaxlib_accepts_the_options():
     """The option names are current for the installed jaxlib (XLA drops options between
     releases; chimera then decodes with XLA's defaults, and this fails until they are updated)."""
-    assert gpu_options.xla_accepts(GPU_DECODE_OPTIONS | ONE_ROW_TENSOR_PARALLEL_OPTIONS)
+    assert gpu_options.xla_flags_error(GPU_DECODE_OPTIONS | ONE_ROW_TENSOR_PARALLEL_OPTIONS) == ""
 
 
 def test_set_xla_flags_does_nothing_once_a_backend_runs_without_cuda_or_options(monkeypatch):
