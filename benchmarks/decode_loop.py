@@ -11,8 +11,9 @@ is timed as `chimera bench` times it (Engine prefill + decode, warm-up excluded,
 and the marginal ms per step between the two lengths (per-call costs cancel).
 
 `--one-row-plain` (an experiment) multiplies a single row as it is instead of chimera's two-row
-form (`runtime/linear.py`); run it with `--xla_gpu_enable_dot_strength_reduction=false` in
-XLA_FLAGS, or XLA lowers those products as a multiply and a reduction.
+form (`runtime/linear.py`). Without an XLA option that keeps one-row products GEMMs it measures
+XLA's multiply-and-reduce lowering; `--xla_gpu_enable_dot_strength_reduction=false` was that
+option, and JAX 0.11.2's XLA no longer accepts it (BENCHMARKS.md, session 7).
 """
 
 from __future__ import annotations
