@@ -23,7 +23,7 @@ import chimera
 from chimera.runtime import bench
 from chimera.runtime.cli import int_list, mesh_sizes
 from chimera.runtime.engine import Engine
-from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS
+from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS, ONE_ROW_TENSOR_PARALLEL_OPTIONS
 from chimera.runtime.model import build
 from chimera.sharding.init import draw_params
 
@@ -33,7 +33,7 @@ VARIANTS = {
     "chimera": GPU_DECODE_OPTIONS,
     "one-shot-flag-off": {**without_list, "xla_gpu_unsupported_use_all_reduce_one_shot_kernel": False},
     "both-off": {**GPU_DECODE_OPTIONS, "xla_gpu_unsupported_use_all_reduce_one_shot_kernel": False},
-    "symmetric": {**GPU_DECODE_OPTIONS, "xla_gpu_experimental_enable_nccl_symmetric_buffers": True},
+    "symmetric": GPU_DECODE_OPTIONS | ONE_ROW_TENSOR_PARALLEL_OPTIONS,
 }
 
 

@@ -7,10 +7,14 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING; python3 -c "import chimera" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 python3 -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__, jax.devices())"
+# chimera's GPU decode options as XLA_FLAGS words (what `chimera` puts in XLA_FLAGS)
+chimera_xla_flags() {
+  python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS, as_xla_flags; print(' '.join(as_xla_flags(GPU_DECODE_OPTIONS)))"
+}
 # Sharded == one GPU under the CLI's XLA_FLAGS, float32 (session 7): llama-3-8b with 8 layers on tensor=2, then
 # every tiny preset on tensor=2 and expert=2 (does every program instantiate its CUDA graphs under these options?)
 equality_under_cli_flags() {  # with $opts if set, else the CLI's own
-  opts=${opts:-$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o, as_xla_flags as f; print(' '.join(f(o)))")}
+  opts=${opts:-$(chimera_xla_flags)}
   E="python3 benchmarks/sharded_equality.py --dtype float32"
   if [ "${1:-}" != tiny-only ]; then
     sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
@@ -309,7 +313,7 @@ case "${1:-chimera}" in
                # as they do through XLA_FLAGS? all-reduce kinds in the compiled HLO and ms/step, llama-3-8b tensor=2
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     timeout 200 python3 benchmarks/decode_options.py --config llama-3-8b --mesh tensor=2 --json $R/decode-options.json; save
-    flags=$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o; print(' '.join(f'--{k}={str(v).lower() if isinstance(v, bool) else v}' for k, v in o.items()))")
+    flags=$(chimera_xla_flags)
     XLA_FLAGS="$flags" timeout 100 python3 benchmarks/decode_options.py --config llama-3-8b --mesh tensor=2 --variants xla-defaults \
       --json $R/decode-options-xla-flags.json; save
     ;;
@@ -325,7 +329,7 @@ case "${1:-chimera}" in
                # and llama-3-8b tensor=2); one-row products without the zero row (dot strength reduction off), with
                # cuBLAS, Triton normalisation fusions, no split-K (1 GPU and tensor=2); then a profile with graphs
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
-    opts=$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o; print(' '.join(f'--{k}={str(v).lower() if isinstance(v, bool) else v}' for k, v in o.items()))")
+    opts=$(chimera_xla_flags)
     sym="--xla_gpu_experimental_enable_nccl_symmetric_buffers=true"
     nosr="--xla_gpu_enable_dot_strength_reduction=false"
     for v in "opts|$opts" "sym|$opts $sym" "userbuf|$opts --xla_gpu_enable_nccl_user_buffers=true"; do
@@ -349,7 +353,7 @@ case "${1:-chimera}" in
   x2-screen3)  # 2 GPUs (session 7): x2-screen2's variants that stopped at once, with their errors; symmetric buffers +
                # LL; the MoE preset over expert=2 with the CLI's default options; why the all-reduce chain's graph fails
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
-    opts=$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o; print(' '.join(f'--{k}={str(v).lower() if isinstance(v, bool) else v}' for k, v in o.items()))")
+    opts=$(chimera_xla_flags)
     sym="--xla_gpu_experimental_enable_nccl_symmetric_buffers=true"
     nosr="--xla_gpu_enable_dot_strength_reduction=false"
     L="python3 benchmarks/decode_loop.py --config llama-3-8b --mesh tensor=2 --chunks 1 --gens 96 --repeats 2"
@@ -370,7 +374,7 @@ case "${1:-chimera}" in
              # without them; the MoE preset over expert=2; which XLA options this jaxlib parses; the chain's graph
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     sym="--xla_gpu_experimental_enable_nccl_symmetric_buffers=true"
-    opts="$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o, as_xla_flags as f; print(' '.join(f(o)))") $sym"
+    opts="$(chimera_xla_flags) $sym"
     run() { name=$1; shift; echo "== $name"; "$@" > $R/$name.log 2>&1; echo "exit $?"
             grep -vE "^ +File|^Traceback|^WARNING|^I0000|^E0000|^    " $R/$name.log | tail -n 6 | cut -c1-300; save; }
     run xla-flags python3 benchmarks/xla_flags.py
@@ -392,7 +396,7 @@ case "${1:-chimera}" in
              # per call (two generation lengths) for llama-3-8b tensor=2 and the MoE preset over expert=2, batch 1 and 16,
              # and llama-3-8b on one GPU; then llama-3-8b (8 layers) tensor=2 == one GPU with them
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
-    opts=$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o, as_xla_flags as f; print(' '.join(f(o)))")
+    opts=$(chimera_xla_flags)
     sym="--xla_gpu_experimental_enable_nccl_symmetric_buffers=true"
     sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
     L="python3 benchmarks/decode_loop.py --chunks 1 --gens 32,160 --repeats 2"
@@ -423,7 +427,7 @@ case "${1:-chimera}" in
     ;;
   x2-profile-d)  # 2 GPUs (session 7): the tensor=2 batch-1 step as the CLI runs it, profiled with its graphs kept
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
-    opts=$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o, as_xla_flags as f; print(' '.join(f(o)))")
+    opts=$(chimera_xla_flags)
     XLA_FLAGS="$opts --xla_enable_command_buffers_during_profiling=true" timeout 120 python3 benchmarks/profile_decode.py \
       --config llama-3-8b --mesh tensor=2 --batch 1 --gen 32 --top 30 --out $R/profile-tensor2-b1
     rm -rf $R/profile-tensor2-b1/trace; gzip $R/profile-tensor2-b1/decode.hlo.txt; save
@@ -431,7 +435,7 @@ case "${1:-chimera}" in
   h200-profile-d)  # 1 GPU (session 7): llama-3-8b batch 1 on one GPU as the CLI runs it, profiled with its graphs
                    # kept: how much of the step the small per-layer kernels are (the tensor=2 one: x2-profile-d)
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
-    opts=$(python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS as o, as_xla_flags as f; print(' '.join(f(o)))")
+    opts=$(chimera_xla_flags)
     XLA_FLAGS="$opts --xla_enable_command_buffers_during_profiling=true" timeout 120 python3 benchmarks/profile_decode.py \
       --config llama-3-8b --batch 1 --gen 32 --top 40 --out $R/profile-1gpu-b1
     rm -rf $R/profile-1gpu-b1/trace; gzip $R/profile-1gpu-b1/decode.hlo.txt; save
