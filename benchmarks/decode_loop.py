@@ -14,6 +14,8 @@ and the marginal ms per step between the two lengths (per-call costs cancel).
 form (`runtime/linear.py`). Without an XLA option that keeps one-row products GEMMs it measures
 XLA's multiply-and-reduce lowering; `--xla_gpu_enable_dot_strength_reduction=false` was that
 option, and JAX 0.11.2's XLA no longer accepts it (BENCHMARKS.md, session 7).
+`--one-row-kernel` (an experiment, one device) computes them by the Pallas matvec of
+`benchmarks/pallas_matvec.py` instead (session 8).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from chimera.runtime import bench
 from chimera.runtime.cli import int_list, mesh_sizes
 from chimera.runtime.model import build
 from chimera.sharding.init import draw_params
+from matvec_kernel import use_one_row_kernel
 
 
 def multiply_one_row_plainly():
@@ -53,10 +56,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--one-row-plain", action="store_true", help="no zero row for one-row products")
+    parser.add_argument("--one-row-kernel", action="store_true",
+                        help="one-row products by the Pallas matvec (benchmarks/matvec_kernel.py; one device)")
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.one_row_plain:
         multiply_one_row_plainly()
+    if args.one_row_kernel:
+        use_one_row_kernel()
     config = chimera.load_config(args.config).replace(dtype=args.dtype)
     model = build(config)
     layouts = [] if args.no_single else [None]
@@ -81,7 +88,7 @@ def main():
         del params
     report = {"config": config.name, "dtype": config.dtype, "prompt_len": args.prompt_len,
               "device": jax.devices()[0].device_kind, "jax_version": jax.__version__,
-              "one_row_plain": args.one_row_plain, "rows": rows}
+              "one_row_plain": args.one_row_plain, "one_row_kernel": args.one_row_kernel, "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

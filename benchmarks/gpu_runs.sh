@@ -440,6 +440,82 @@ case "${1:-chimera}" in
       --config llama-3-8b --batch 1 --gen 32 --top 40 --out $R/profile-1gpu-b1
     rm -rf $R/profile-1gpu-b1/trace; gzip $R/profile-1gpu-b1/decode.hlo.txt; save
     ;;
+  h200-screen-e)  # 1 GPU (session 8): XLA's fusion and GEMM options never screened, on llama-3-8b with 8 layers at
+                  # batch 1 (the small per-layer kernels are per layer): the marginal ms/step under each (a name this XLA
+                  # does not know stops the run at once: "Unknown flag"); the decode step's kernels and HLO, chimera's options
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(chimera_xla_flags)
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    L="python3 benchmarks/decode_loop.py --config $R/llama-3-8b-8layers.yaml --chunks 1 --gens 32,160 --repeats 2"
+    for v in "" "--xla_gpu_enable_pdl=true" "--xla_gpu_enable_pdl=false" \
+             "--xla_gpu_experimental_enable_fusion_block_level_rewriter=true" \
+             "--xla_gpu_experimental_enable_triton_heroless_priority_fusion=true" \
+             "--xla_gpu_experimental_enable_triton_softmax_priority_fusion=true" \
+             "--xla_gpu_enable_reduction_epilogue_fusion=false" "--xla_gpu_experimental_enable_split_k_rewrite=false" \
+             "--xla_gpu_experimental_enable_triton_tma=true" "--xla_gpu_enable_triton_gemm=false" \
+             "--xla_gpu_dot_merger_threshold_mb=0" "--xla_gpu_experimental_enable_dynamic_dot_search_space=true" ""; do
+      i=$((${i:-0} + 1)); name=$i-$(echo "${v:-chimera}" | sed 's/^--xla_gpu_//; s/=/-/')
+      echo "== $name"; XLA_FLAGS="$opts $v" timeout 60 $L --json $R/screen-$name.json 2>&1 | grep -E "^\{|Error|Unknown flag" | cut -c1-300; save
+    done
+    XLA_FLAGS="$opts" timeout 90 python3 benchmarks/profile_decode.py --config $R/llama-3-8b-8layers.yaml --batch 1 \
+      --gen 16 --top 40 --out $R/profile-8layers > $R/profile.log 2>&1; echo "profile exit $?"
+    rm -rf $R/profile-8layers/trace; save
+    ;;
+  h200-matvec-e)  # 1 GPU (session 8): the Pallas one-row product (benchmarks/pallas_matvec.py), RMS norm fused, against
+                  # XLA's norm + two-row GEMM on llama-3-8b's products per GPU at tensor=2 and on one GPU
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    XLA_FLAGS="$(chimera_xla_flags)" timeout 560 python3 benchmarks/matvec_kernel.py --json $R/matvec-kernel.json \
+      2>&1 | grep -vE "^I0000|^WARNING" | tee $R/matvec-kernel.log; save
+    ;;
+  h200-inmodel-e)  # 1 GPU (session 8): llama-3-8b (8 layers) batch 1 with its one-row products by the Pallas matvec
+                   # (decode_loop/profile_decode --one-row-kernel) against XLA's GEMMs: step time and kernel times
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(chimera_xla_flags)
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    L="python3 benchmarks/decode_loop.py --config $R/llama-3-8b-8layers.yaml --chunks 1 --gens 32,160 --repeats 2"
+    for v in "" --one-row-kernel "" --one-row-kernel; do
+      i=$((${i:-0} + 1)); echo "== $i ${v:-xla}"
+      XLA_FLAGS="$opts" timeout 90 $L $v --json $R/loop-$i${v}.json 2>&1 | grep -E "^\{|Error" | cut -c1-300; save
+    done
+    for v in "" --one-row-kernel; do
+      XLA_FLAGS="$opts --xla_enable_command_buffers_during_profiling=true" timeout 120 python3 benchmarks/profile_decode.py \
+        --config $R/llama-3-8b-8layers.yaml --batch 1 --gen 16 --top 30 $v --out $R/profile${v:-"-xla"} > $R/profile${v:-"-xla"}.log 2>&1
+      echo "profile ${v:-xla} exit $?"; rm -rf $R/profile${v:-"-xla"}/trace; head -40 $R/profile${v:-"-xla"}/summary.txt; save
+    done
+    ;;
+  h200-screen-f)  # 1 GPU (session 8): how the decode graph orders its kernels (XLA's default LHS serialises
+                  # independent fusions; CONCURRENT lets them overlap): llama-3-8b with 8 layers, batch 1 and 16
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(chimera_xla_flags)
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    L="python3 benchmarks/decode_loop.py --config $R/llama-3-8b-8layers.yaml --chunks 1 --gens 32,160 --repeats 2"
+    for v in "" "--xla_gpu_command_buffer_scheduling_mode=CONCURRENT" "--xla_gpu_command_buffer_scheduling_mode=SERIALIZE" \
+             "--xla_gpu_graph_enable_concurrent_region=true" "--xla_gpu_command_buffer_scheduling_mode=CONCURRENT" ""; do
+      for b in 1 16; do
+        i=$((${i:-0} + 1)); name=$i-b$b-$(echo "${v:-chimera}" | sed 's/^--xla_gpu_//; s/=/-/')
+        echo "== $name"; XLA_FLAGS="$opts $v" timeout 60 $L --batch $b --json $R/screen-$name.json 2>&1 \
+          | grep -E "^\{|Error|Unknown flag" | cut -c1-300; save
+      done
+    done
+    ;;
+  x2-concurrent-e)  # 2 GPUs (session 8): the decode graph with CONCURRENT scheduling (independent kernels may overlap;
+                    # h200-screen-f: 2.5% faster at batch 16 on one GPU, no change at batch 1) on tensor=2 and expert=2
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(chimera_xla_flags)
+    conc="--xla_gpu_command_buffer_scheduling_mode=CONCURRENT"
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
+    L="python3 benchmarks/decode_loop.py --chunks 1 --gens 32,160 --repeats 2"
+    for v in opts conc; do for b in 1 16; do
+      [ $v = conc ] && flags="$opts $conc" || flags="$opts"
+      echo "== llama-3-8b-8layers 1 GPU and tensor=2 batch $b $v"
+      XLA_FLAGS="$flags" timeout 100 $L --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --batch $b \
+        --json $R/llama-8layers-b$b-$v.json 2>&1 | grep -E "^\{|Error" | cut -c1-300; save
+      echo "== mixtral-8layers expert=2 batch $b $v"
+      XLA_FLAGS="$flags" timeout 80 $L --config $R/mixtral-8layers.yaml --mesh expert=2 --no-single --batch $b \
+        --json $R/mixtral-8layers-b$b-$v.json 2>&1 | grep -E "^\{|Error" | cut -c1-300; save
+    done; done
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \

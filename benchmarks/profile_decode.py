@@ -181,7 +181,12 @@ def main():
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--decode-chunk", type=int, default=1, help="Engine(decode_chunk=K)")
     parser.add_argument("--out")
+    parser.add_argument("--one-row-kernel", action="store_true",
+                        help="one-row products by the Pallas matvec (benchmarks/matvec_kernel.py; one device)")
     args = parser.parse_args()
+    if args.one_row_kernel:
+        from matvec_kernel import use_one_row_kernel  # a sibling script: on the path only when run as one
+        use_one_row_kernel()
     if args.window:
         with gzip.open(args.window) as f:
             print("\n".join(launch_summary(json.load(f)["traceEvents"])))

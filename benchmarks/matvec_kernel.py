@@ -1,0 +1,179 @@
+"""The Pallas one-row product (`benchmarks/pallas_matvec.py`) against XLA on the one-row
+products of a llama-3-8b decode step, alone and inside the model.
+
+    python benchmarks/matvec_kernel.py [--shapes tp2|1gpu|all] [--json out.json]
+    python benchmarks/decode_loop.py --config C --one-row-kernel ...     # in the model (one device)
+    python benchmarks/profile_decode.py --config C --one-row-kernel ...  # its kernels' times there
+
+For each product (K x N; whether an RMS norm precedes it, as for qkv and gate/up) two chains
+are timed, each a `fori_loop` of dependent steps inside one jit, on enough distinct weight
+copies (>= 256 MB together) that W comes from HBM, not from the 50 MB L2:
+- `xla`: what the blocks run today: `runtime.norm.rms_norm` (if any), then the product over two
+  rows (`runtime/linear.py`), row 0 kept;
+- `pallas_norm_fused`: `rms_norm_matvec` and the sum of its split partials;
+- `pallas_norm_xla`: XLA's `rms_norm`, then `matvec` (the kernel alone, no fusion);
+- `pallas_norm_none`: `matvec`, for the products no norm precedes.
+Each step's result feeds the next x (x + 1e-6 * max(y)), as a layer's next kernel would. The
+µs per product include that consumer and, for `xla`, the norm's own kernels: the difference is
+what the kernel would save in a decode step. Pallas block sizes are swept; the best is kept.
+Run under chimera's GPU decode options (the loop is captured as a CUDA graph, as decode is).
+Wall time per product is not the kernel's time: in session 8 these chains favoured the kernel
+while, inside the model, the profile showed it slower than XLA's GEMMs (BENCHMARKS.md). Judge
+it in the model (`--one-row-kernel`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pallas_matvec import matvec, rms_norm_matvec
+from timing import median_seconds
+
+from chimera.runtime.linear import linear
+from chimera.runtime.norm import rms_norm
+
+EPS = 1e-5
+SHAPES = {  # name: (K, N, normed) per GPU of llama-3-8b
+    "tp2": [("qkv", 4096, 3072, True), ("o", 2048, 4096, False), ("gate_up", 4096, 14336, True),
+            ("down", 7168, 4096, False)],
+    "1gpu": [("qkv", 4096, 6144, True), ("o", 4096, 4096, False), ("gate", 4096, 14336, True),
+             ("down", 14336, 4096, False)],
+}
+
+
+def chain(product, copies: int, steps: int):
+    """A jitted loop of `steps` x `copies` dependent products x [K] -> y [N] (one weight copy each)."""
+    @jax.jit
+    def run(x, norm_weight, weights):
+        def body(_, x):
+            for w in weights:
+                y = product(x, norm_weight, w)  # [N] float32
+                x = x + (jnp.max(y) * 1e-6).astype(x.dtype)
+            return x
+        return jax.lax.fori_loop(0, steps, body, x)
+    return run
+
+
+def xla_product(normed: bool):
+    def product(x, norm_weight, w):
+        h = rms_norm(x, norm_weight, EPS) if normed else x
+        return linear("btk,kn->btn", h[None, None], w)[0, 0].astype(jnp.float32)
+    return product
+
+
+def pallas_product(norm: str, config: dict):
+    """norm: "fused" (rms_norm_matvec), "xla" (rms_norm, then matvec) or "none" (matvec)."""
+    def product(x, norm_weight, w):
+        if norm == "fused":
+            return rms_norm_matvec(x, norm_weight, w, eps=EPS, **config).sum(axis=0)
+        h = rms_norm(x, norm_weight, EPS) if norm == "xla" else x
+        return matvec(h, w, **config).sum(axis=0)
+    return product
+
+
+def configs(k: int, n: int):
+    """Block sizes whose grid has between ~1 and ~8 programs per SM of an H100/H200."""
+    for block_n, block_k, splits in itertools.product((32, 64, 128), (256, 512), (1, 2, 4, 8)):
+        if n % block_n == 0 and k % (splits * block_k) == 0 and 100 <= n // block_n * splits <= 1100:
+            yield {"block_n": block_n, "block_k": block_k, "splits": splits}
+
+
+def time_product(product, x, g, weights, steps: int) -> float:
+    run = chain(product, len(weights), steps)
+    return median_seconds(run, (x, g, weights), repeats=5) / (steps * len(weights)) * 1e6
+
+
+def best_pallas(norm: str, k: int, n: int, x, g, weights, steps: int):
+    """The fastest block sizes (then warps and stages) for this product: (µs, config)."""
+    def timed(config):
+        try:
+            return time_product(pallas_product(norm, config), x, g, weights, steps), config
+        except Exception as error:  # a block shape Triton rejects (shared memory): recorded, not fatal
+            print(f"  {k}x{n} {norm} {config}: {type(error).__name__}: {str(error)[:120]}", flush=True)
+            return math.inf, config
+
+    us, config = min((timed(config) for config in configs(k, n)), key=lambda item: item[0])
+    tuned = [timed(config | {"num_warps": warps, "num_stages": stages})
+             for warps, stages in ((4, 2), (4, 4), (8, 3), (2, 3))]
+    return min([(us, config)] + tuned, key=lambda item: item[0])
+
+
+def heuristic_config(k: int, n: int) -> dict:
+    """Block sizes for a K x N product without a sweep: 64-column blocks, K split until the grid
+    has >= 256 programs (about two per SM)."""
+    block_n, block_k, splits = 64, 256, 1
+    while n // block_n * splits < 256 and k % (2 * splits * block_k) == 0:
+        splits *= 2
+    return {"block_n": block_n, "block_k": block_k, "splits": splits}
+
+
+def one_row_kernel_linear(spec: str, x, w):
+    """`runtime.linear.linear` with a one-row product on one device computed by `matvec`: the
+    contracted dimensions lead w (true of every projection the blocks write), so w is a
+    [K, N] matrix and x a [K] vector."""
+    if x.shape[0] * x.shape[1] != 1 or not jax.sharding.get_abstract_mesh().empty:
+        return linear(spec, x, w)
+    inputs, out = spec.split("->")
+    x_axes, w_axes = inputs.split(",")
+    contracted = [axis for axis in w_axes if axis in x_axes]
+    if w_axes[:len(contracted)] != "".join(contracted):
+        return linear(spec, x, w)
+    k = math.prod(w.shape[:len(contracted)])
+    matrix = w.reshape(k, -1)  # [K, N]
+    partials = matvec(x.reshape(k).astype(w.dtype), matrix, **heuristic_config(*matrix.shape))  # [splits, N]
+    return partials.sum(axis=0).astype(x.dtype).reshape(x.shape[:2] + w.shape[len(contracted):])
+
+
+def use_one_row_kernel():
+    """An experiment: the blocks' one-row products by `matvec` (one device only)."""
+    import chimera.attention.attention
+    import chimera.attention.mla
+    import chimera.moe.mlp
+    for module in (chimera.attention.attention, chimera.attention.mla, chimera.moe.mlp):
+        module.linear = one_row_kernel_linear
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shapes", default="all", choices=["tp2", "1gpu", "all"])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    groups = ["tp2", "1gpu"] if args.shapes == "all" else [args.shapes]
+    rows = []
+    for group in groups:
+        for name, k, n, normed in SHAPES[group]:
+            keys = jax.random.split(jax.random.key(0), 3)
+            nbytes = k * n * 2
+            weights = [(jax.random.normal(key, (k, n)) * k ** -0.5).astype(jnp.bfloat16)
+                       for key in jax.random.split(keys[0], max(2, math.ceil(256e6 / nbytes)))]
+            x = jax.random.normal(keys[1], (k,)).astype(jnp.bfloat16)
+            g = (1 + 0.1 * jax.random.normal(keys[2], (k,))).astype(jnp.bfloat16)
+            row = {"group": group, "product": name, "k": k, "n": n, "normed": normed}
+            xla = xla_product(normed)
+            reference = np.asarray(jax.jit(xla)(x, g, weights[0]))
+            variants = {"xla": (time_product(xla, x, g, weights, args.steps), None)}
+            for norm in ("fused", "xla") if normed else ("none",):
+                variants[f"pallas_norm_{norm}"] = best_pallas(norm, k, n, x, g, weights, args.steps)
+            for variant, (us, config) in variants.items():
+                product = xla if config is None else pallas_product(variant.removeprefix("pallas_norm_"), config)
+                got = np.asarray(jax.jit(product)(x, g, weights[0]))
+                row[variant] = {"us": us, "tb_s": nbytes / us / 1e6, "config": config,
+                                "max_rel_diff": float(np.abs(got - reference).max() / np.abs(reference).max())}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            del weights
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": jax.devices()[0].device_kind, "jax_version": jax.__version__, "rows": rows}, f,
+                      indent=1)
+
+
+if __name__ == "__main__":
+    main()
