@@ -104,39 +104,45 @@ def best_pallas(norm: str, k: int, n: int, x, g, weights, steps: int):
     return min([(us, config)] + tuned, key=lambda item: item[0])
 
 
-def heuristic_config(k: int, n: int) -> dict:
-    """Block sizes for a K x N product without a sweep: 64-column blocks, K split until the grid
-    has >= 256 programs (about two per SM)."""
+def heuristic_config(k: int, n: int) -> dict | None:
+    """Block sizes for a K x N product without a sweep: 64-column blocks, 256 rows a step, K split
+    until the grid has >= 256 programs (about two per SM); None where they do not fit."""
     block_n, block_k, splits = 64, 256, 1
+    if n % block_n or k % block_k:
+        return None
     while n // block_n * splits < 256 and k % (2 * splits * block_k) == 0:
         splits *= 2
     return {"block_n": block_n, "block_k": block_k, "splits": splits}
 
 
 def one_row_kernel_linear(spec: str, x, w):
-    """`runtime.linear.linear` with a one-row product on one device computed by `matvec`: the
-    contracted dimensions lead w (true of every projection the blocks write), so w is a
-    [K, N] matrix and x a [K] vector."""
-    if x.shape[0] * x.shape[1] != 1 or not jax.sharding.get_abstract_mesh().empty:
-        return linear(spec, x, w)
-    inputs, out = spec.split("->")
+    """`runtime.linear.linear` with a one-row product on one device computed by `matvec`, where
+    x's dimensions after B and T are the contracted ones and lead w, in order (true of every
+    projection the blocks write): w is then a [K, N] matrix and x a [K] vector."""
+    inputs, _ = spec.split("->")
     x_axes, w_axes = inputs.split(",")
-    contracted = [axis for axis in w_axes if axis in x_axes]
-    if w_axes[:len(contracted)] != "".join(contracted):
+    contracted = x_axes[2:]
+    k = math.prod(x.shape[2:])
+    config = heuristic_config(k, w.size // k)
+    if (x.shape[0] * x.shape[1] != 1 or not jax.sharding.get_abstract_mesh().empty
+            or not w_axes.startswith(contracted) or config is None):
         return linear(spec, x, w)
-    k = math.prod(w.shape[:len(contracted)])
-    matrix = w.reshape(k, -1)  # [K, N]
-    partials = matvec(x.reshape(k).astype(w.dtype), matrix, **heuristic_config(*matrix.shape))  # [splits, N]
+    partials = matvec(x.reshape(k).astype(w.dtype), w.reshape(k, -1), **config)  # [splits, N]
     return partials.sum(axis=0).astype(x.dtype).reshape(x.shape[:2] + w.shape[len(contracted):])
 
 
-def use_one_row_kernel():
-    """An experiment: the blocks' one-row products by `matvec` (one device only)."""
+def replace_linear(product):
+    """An experiment's substitute for `runtime.linear.linear`, where the blocks imported it."""
     import chimera.attention.attention
     import chimera.attention.mla
     import chimera.moe.mlp
     for module in (chimera.attention.attention, chimera.attention.mla, chimera.moe.mlp):
-        module.linear = one_row_kernel_linear
+        module.linear = product
+
+
+def use_one_row_kernel():
+    """The blocks' one-row products by `matvec` (one device only)."""
+    replace_linear(one_row_kernel_linear)
 
 
 def main():
