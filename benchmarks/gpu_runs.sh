@@ -516,6 +516,13 @@ case "${1:-chimera}" in
         --json $R/mixtral-8layers-b$b-$v.json 2>&1 | grep -E "^\{|Error" | cut -c1-300; save
     done; done
     ;;
+  h200-inmodel-sweep-e)  # 1 GPU (session 8): llama-3-8b (8 layers) batch 1 with the Pallas matvec under each block-size
+                         # rule of benchmarks/matvec_kernel.py (RULES), against XLA's GEMMs before and after
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    XLA_FLAGS="$(chimera_xla_flags)" timeout 500 python3 benchmarks/matvec_kernel.py --in-model $R/llama-3-8b-8layers.yaml \
+      --json $R/in-model-rules.json 2>&1 | grep -E "^\{|Error" | cut -c1-300; save
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \

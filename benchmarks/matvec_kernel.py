@@ -2,6 +2,7 @@
 products of a llama-3-8b decode step, alone and inside the model.
 
     python benchmarks/matvec_kernel.py [--shapes tp2|1gpu|all] [--json out.json]
+    python benchmarks/matvec_kernel.py --in-model C [--json out.json]    # C's decode step under each of RULES
     python benchmarks/decode_loop.py --config C --one-row-kernel ...     # in the model (one device)
     python benchmarks/profile_decode.py --config C --one-row-kernel ...  # its kernels' times there
 
@@ -25,6 +26,7 @@ it in the model (`--one-row-kernel`).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -35,8 +37,12 @@ import numpy as np
 from pallas_matvec import matvec, rms_norm_matvec
 from timing import median_seconds
 
+import chimera
+from chimera.runtime import bench
 from chimera.runtime.linear import linear
+from chimera.runtime.model import build
 from chimera.runtime.norm import rms_norm
+from chimera.sharding.init import draw_params
 
 EPS = 1e-5
 SHAPES = {  # name: (K, N, normed) per GPU of llama-3-8b
@@ -104,18 +110,25 @@ def best_pallas(norm: str, k: int, n: int, x, g, weights, steps: int):
     return min([(us, config)] + tuned, key=lambda item: item[0])
 
 
-def heuristic_config(k: int, n: int) -> dict | None:
-    """Block sizes for a K x N product without a sweep: 64-column blocks, 256 rows a step, K split
-    until the grid has >= 256 programs (about two per SM); None where they do not fit."""
-    block_n, block_k, splits = 64, 256, 1
+# Block-size rules for the in-model sweep: (block_n, block_k, min_programs, num_warps, num_stages).
+RULES = [(64, 256, 256, 4, 3), (128, 128, 256, 4, 3), (128, 256, 256, 8, 3), (128, 128, 512, 4, 4),
+         (64, 128, 512, 4, 4), (256, 64, 256, 8, 3)]
+
+
+def heuristic_config(k: int, n: int, rule: tuple = RULES[0]) -> dict | None:
+    """Block sizes for a K x N product without a sweep: `rule`'s column and row blocks, K split
+    until the grid has at least its number of programs; None where they do not fit."""
+    block_n, block_k, min_programs, num_warps, num_stages = rule
     if n % block_n or k % block_k:
         return None
-    while n // block_n * splits < 256 and k % (2 * splits * block_k) == 0:
+    splits = 1
+    while n // block_n * splits < min_programs and k % (2 * splits * block_k) == 0:
         splits *= 2
-    return {"block_n": block_n, "block_k": block_k, "splits": splits}
+    return {"block_n": block_n, "block_k": block_k, "splits": splits, "num_warps": num_warps,
+            "num_stages": num_stages}
 
 
-def one_row_kernel_linear(spec: str, x, w):
+def one_row_kernel_linear(spec: str, x, w, rule: tuple = RULES[0]):
     """`runtime.linear.linear` with a one-row product on one device computed by `matvec`, where
     x's dimensions after B and T are the contracted ones and lead w, in order (true of every
     projection the blocks write): w is then a [K, N] matrix and x a [K] vector."""
@@ -123,7 +136,7 @@ def one_row_kernel_linear(spec: str, x, w):
     x_axes, w_axes = inputs.split(",")
     contracted = x_axes[2:]
     k = math.prod(x.shape[2:])
-    config = heuristic_config(k, w.size // k)
+    config = heuristic_config(k, w.size // k, rule)
     if (x.shape[0] * x.shape[1] != 1 or not jax.sharding.get_abstract_mesh().empty
             or not w_axes.startswith(contracted) or config is None):
         return linear(spec, x, w)
@@ -140,17 +153,43 @@ def replace_linear(product):
         module.linear = product
 
 
-def use_one_row_kernel():
-    """The blocks' one-row products by `matvec` (one device only)."""
-    replace_linear(one_row_kernel_linear)
+def use_one_row_kernel(rule: tuple = RULES[0]):
+    """The blocks' one-row products by `matvec` with `rule`'s block sizes (one device only)."""
+    replace_linear(functools.partial(one_row_kernel_linear, rule=rule))
+
+
+def in_model(config_name: str, gens=(32, 160), repeats: int = 2) -> list[dict]:
+    """Marginal ms per batch-1 decode step of `config_name` on one device: XLA's GEMMs, then the
+    kernel under each of RULES, then XLA's again (a drift check)."""
+    config = chimera.load_config(config_name).replace(dtype="bfloat16")
+    params = draw_params(build(config), jax.random.key(0), None)
+    rows = []
+    for rule in [None] + RULES + [None]:
+        replace_linear(linear) if rule is None else use_one_row_kernel(rule)
+        jax.clear_caches()
+        ms = {gen: bench.bench_batch(config, params, 1, 128, gen, repeats).decode_ms_per_step for gen in gens}
+        short, long = gens
+        row = {"rule": rule, "ms_per_step": ms,
+               "marginal_ms_per_step": (ms[long] * (long - 1) - ms[short] * (short - 1)) / (long - short)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", default="all", choices=["tp2", "1gpu", "all"])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--in-model", metavar="CONFIG", help="time a decode step of CONFIG under each of RULES")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.in_model:
+        rows = in_model(args.in_model)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"config": args.in_model, "device": jax.devices()[0].device_kind,
+                           "jax_version": jax.__version__, "rows": rows}, f, indent=1)
+        return
     groups = ["tp2", "1gpu"] if args.shapes == "all" else [args.shapes]
     rows = []
     for group in groups:

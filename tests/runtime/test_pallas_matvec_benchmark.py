@@ -72,7 +72,7 @@ def test_one_row_kernel_linear_equals_linear(kernels, monkeypatch):
     """The in-model substitute gives `linear`'s product for the blocks' projection specs."""
     harness = importlib.import_module("matvec_kernel")
     monkeypatch.setattr(harness, "matvec", functools.partial(kernels.matvec, interpret=True))
-    monkeypatch.setattr(harness, "heuristic_config", lambda k, n: {"block_n": 16, "block_k": 16, "splits": 2})
+    monkeypatch.setattr(harness, "heuristic_config", lambda k, n, rule: {"block_n": 16, "block_k": 16, "splits": 2})
     keys = jax.random.split(jax.random.key(0), 4)
     x = jax.random.normal(keys[0], (1, 1, 64))
     heads = jax.random.normal(keys[1], (1, 1, 4, 16))
