@@ -523,6 +523,40 @@ case "${1:-chimera}" in
     XLA_FLAGS="$(chimera_xla_flags)" timeout 500 python3 benchmarks/matvec_kernel.py --in-model $R/llama-3-8b-8layers.yaml \
       --json $R/in-model-rules.json 2>&1 | grep -E "^\{|Error" | cut -c1-300; save
     ;;
+  h200-prefetch-e)  # 1 GPU (session 8): benchmarks/l2_prefetch.py - the o weight read into L2 while the attention's
+                    # small kernels run (CONCURRENT graph scheduling), llama-3-8b with 8 layers, batch 1
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(chimera_xla_flags); conc="--xla_gpu_command_buffer_scheduling_mode=CONCURRENT"
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    P="python3 benchmarks/l2_prefetch.py --config $R/llama-3-8b-8layers.yaml ${MESH:-}"
+    run() { name=$1; shift; echo "== $name"; "$@" --json $R/$name.json 2>&1 | grep -E "^\{|Error" | cut -c1-300; save; }
+    XLA_FLAGS="$opts" run xla timeout 60 $P
+    XLA_FLAGS="$opts $conc" run xla-concurrent timeout 60 $P
+    XLA_FLAGS="$opts $conc" run touch-all timeout 150 $P --variant touch --programs 16,32,64
+    XLA_FLAGS="$opts $conc" run touch-half timeout 110 $P --variant touch --programs 16,32 --fraction 0.5
+    XLA_FLAGS="$opts" run touch-serial timeout 60 $P --variant touch --programs 32
+    XLA_FLAGS="$opts" run xla-again timeout 60 $P
+    ;;
+  h200-prefetch-profile-e)  # 1 GPU (session 8): h200-prefetch-e's touch (32 programs) profiled with the graphs kept, with
+                            # and without CONCURRENT scheduling: does it overlap the attention's kernels, and how fast is
+                            # the o GEMM reading from L2
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(chimera_xla_flags); conc="--xla_gpu_command_buffer_scheduling_mode=CONCURRENT"
+    P="python3 benchmarks/l2_prefetch.py --config configs/llama-3-8b.yaml --gens 32,96"
+    XLA_FLAGS="$opts $conc" timeout 100 $P --variant touch --programs 32 | grep "^{"
+    XLA_FLAGS="$opts" timeout 100 $P --variant touch --programs 32 | grep "^{"
+    XLA_FLAGS="$opts" timeout 100 $P | grep "^{"
+    opts="$opts --xla_enable_command_buffers_during_profiling=true"
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    for v in serial concurrent; do
+      [ $v = concurrent ] && flags="$opts $conc" || flags="$opts"
+      XLA_FLAGS="$flags" timeout 120 python3 benchmarks/profile_decode.py --config $R/llama-3-8b-8layers.yaml --batch 1 \
+        --gen 16 --top 16 --l2-touch 32 --out $R/profile-touch-$v > $R/profile-touch-$v.log 2>&1
+      echo "== $v exit $?"; rm -rf $R/profile-touch-$v/trace $R/profile-touch-$v/decode.hlo.txt
+      grep -vE "^ +[0-9.]+ +[A-Za-z]" $R/profile-touch-$v/summary.txt | head -3; sed -n 5,22p $R/profile-touch-$v/summary.txt
+      grep -E "span" $R/profile-touch-$v/summary.txt; save
+    done
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \

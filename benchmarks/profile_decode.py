@@ -183,7 +183,12 @@ def main():
     parser.add_argument("--out")
     parser.add_argument("--one-row-kernel", action="store_true",
                         help="one-row products by the Pallas matvec (benchmarks/matvec_kernel.py; one device)")
+    parser.add_argument("--l2-touch", type=int, metavar="PROGRAMS",
+                        help="read each layer's o weight into L2 with this many programs (benchmarks/l2_prefetch.py)")
     args = parser.parse_args()
+    if args.l2_touch:
+        from l2_prefetch import use_touch  # a sibling script: on the path only when run as one
+        use_touch(args.l2_touch, 1.0)
     if args.one_row_kernel:
         from matvec_kernel import use_one_row_kernel  # a sibling script: on the path only when run as one
         use_one_row_kernel()
