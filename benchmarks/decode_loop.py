@@ -33,6 +33,7 @@ from chimera.runtime.cli import int_list, mesh_sizes
 from chimera.runtime.model import build
 from chimera.sharding.init import draw_params
 from matvec_kernel import replace_linear, use_one_row_kernel
+from timing import marginal_ms_per_step
 
 
 def multiply_one_row_plainly():
@@ -75,8 +76,7 @@ def main():
                 r = bench.bench_batch(config, params, args.batch, args.prompt_len, gen, args.repeats, mesh=mesh,
                                       decode_chunk=chunk)
                 ms[gen] = r.decode_ms_per_step
-            short, long = min(args.gens), max(args.gens)
-            marginal = (ms[long] * (long - 1) - ms[short] * (short - 1)) / (long - short) if long > short else None
+            marginal = marginal_ms_per_step(ms)
             row = {"mesh": None if mesh is None else dict(mesh.shape), "batch": args.batch, "decode_chunk": chunk,
                    "ms_per_step": ms, "marginal_ms_per_step": marginal}
             print(json.dumps(row), flush=True)

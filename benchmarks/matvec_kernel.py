@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from pallas_matvec import matvec, rms_norm_matvec
-from timing import median_seconds
+from timing import marginal_ms_per_step, median_seconds
 
 import chimera
 from chimera.runtime import bench
@@ -168,9 +168,7 @@ def in_model(config_name: str, gens=(32, 160), repeats: int = 2) -> list[dict]:
         replace_linear(linear) if rule is None else use_one_row_kernel(rule)
         jax.clear_caches()
         ms = {gen: bench.bench_batch(config, params, 1, 128, gen, repeats).decode_ms_per_step for gen in gens}
-        short, long = gens
-        row = {"rule": rule, "ms_per_step": ms,
-               "marginal_ms_per_step": (ms[long] * (long - 1) - ms[short] * (short - 1)) / (long - short)}
+        row = {"rule": rule, "ms_per_step": ms, "marginal_ms_per_step": marginal_ms_per_step(ms)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

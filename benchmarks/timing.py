@@ -20,3 +20,12 @@ def median_seconds(fn, args, warmup: int = 1, repeats: int = 20) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def marginal_ms_per_step(ms_per_step: dict[int, float]) -> float | None:
+    """ms per decode step between the shortest and longest generation: `ms_per_step[gen]` is bench's
+    figure for a call of gen tokens (gen - 1 steps), so per-call costs cancel. None for one length."""
+    short, long = min(ms_per_step), max(ms_per_step)
+    if long == short:
+        return None
+    return (ms_per_step[long] * (long - 1) - ms_per_step[short] * (short - 1)) / (long - short)
