@@ -174,21 +174,9 @@ def in_model(config_name: str, gens=(32, 160), repeats: int = 2) -> list[dict]:
     return rows
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--shapes", default="all", choices=["tp2", "1gpu", "all"])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--in-model", metavar="CONFIG", help="time a decode step of CONFIG under each of RULES")
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    if args.in_model:
-        rows = in_model(args.in_model)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"config": args.in_model, "device": jax.devices()[0].device_kind,
-                           "jax_version": jax.__version__, "rows": rows}, f, indent=1)
-        return
-    groups = ["tp2", "1gpu"] if args.shapes == "all" else [args.shapes]
+def chains(shapes: str, steps: int) -> list[dict]:
+    """Each product of `shapes` ("tp2", "1gpu" or "all") as XLA's and the kernel's chains."""
+    groups = ["tp2", "1gpu"] if shapes == "all" else [shapes]
     rows = []
     for group in groups:
         for name, k, n, normed in SHAPES[group]:
@@ -201,9 +189,9 @@ def main():
             row = {"group": group, "product": name, "k": k, "n": n, "normed": normed}
             xla = xla_product(normed)
             reference = np.asarray(jax.jit(xla)(x, g, weights[0]))
-            variants = {"xla": (time_product(xla, x, g, weights, args.steps), None)}
+            variants = {"xla": (time_product(xla, x, g, weights, steps), None)}
             for norm in ("fused", "xla") if normed else ("none",):
-                variants[f"pallas_norm_{norm}"] = best_pallas(norm, k, n, x, g, weights, args.steps)
+                variants[f"pallas_norm_{norm}"] = best_pallas(norm, k, n, x, g, weights, steps)
             for variant, (us, config) in variants.items():
                 product = xla if config is None else pallas_product(variant.removeprefix("pallas_norm_"), config)
                 got = np.asarray(jax.jit(product)(x, g, weights[0]))
@@ -212,10 +200,21 @@ def main():
             print(json.dumps(row), flush=True)
             rows.append(row)
             del weights
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shapes", default="all", choices=["tp2", "1gpu", "all"])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--in-model", metavar="CONFIG", help="time a decode step of CONFIG under each of RULES")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    rows = in_model(args.in_model) if args.in_model else chains(args.shapes, args.steps)
     if args.json:
+        report = {"in_model": args.in_model, "device": jax.devices()[0].device_kind, "jax_version": jax.__version__}
         with open(args.json, "w") as f:
-            json.dump({"device": jax.devices()[0].device_kind, "jax_version": jax.__version__, "rows": rows}, f,
-                      indent=1)
+            json.dump(report | {"rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
