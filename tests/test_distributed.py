@@ -30,7 +30,11 @@ def free_port() -> int:
 def run_workers(folder: Path) -> list[dict]:
     """Start the 2 processes; each one's RESULT line."""
     port = free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+    # 4 devices each, compiled as this process compiles (tests/conftest.py's other XLA_FLAGS)
+    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+             if not flag.startswith("--xla_force_host_platform_device_count")]
+    env = dict(os.environ, XLA_FLAGS=" ".join(["--xla_force_host_platform_device_count=4", *flags]),
+               JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
     script = str(TESTS / "sharding" / "distributed_worker.py")
     processes = [subprocess.Popen([sys.executable, script, str(port), str(i), "2", str(folder)], env=env,
