@@ -2,35 +2,27 @@
 
 import importlib.metadata
 import os
-import subprocess
-import sys
 
-# Sharding tests need several devices; on the CPU JAX makes them only if told before it
-# starts, so this must run before anything imports jax. The suite's time is nearly all XLA
+# jax reads XLA_FLAGS when its first backend starts, not on import: this helper may come first
+from chimera.runtime.gpu_options import as_xla_flags, xla_flags_error
+
+# Sharding tests need several devices; on the CPU JAX makes them only if told before its backend
+# starts, so this must run before any test touches a device. The suite's time is nearly all XLA
 # compiling tiny programs: LLVM at -O0 compiles them a third faster, and XLA's elemental CPU
 # emitters for fusions (xla_cpu_use_fusion_emitters=false) rather than its MLIR ones a third
 # faster again (the whole suite on 2 cores: 688 s -> 459 s). Both choose how XLA generates code
 # for the same HLO programs; every comparison is between programs compiled alike, or against a
 # reference with a tolerance.
-XLA_TEST_FLAGS = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-ELEMENTAL_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+TEST_OPTIONS = {"xla_force_host_platform_device_count": 8, "xla_backend_optimization_level": 0}
+ELEMENTAL_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
 # jaxlibs whose XLA was seen to parse ELEMENTAL_EMITTERS. XLA drops options between releases,
 # and one it cannot parse in XLA_FLAGS aborts the process: any other jaxlib is asked first.
 ELEMENTAL_EMITTERS_JAXLIBS = ("0.10.2",)
 
-
-def xla_accepts(flags: str) -> bool:
-    """Whether a process whose XLA_FLAGS are `flags` starts a CPU backend (a child process, ~2 s)."""
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True,
-                           timeout=300, check=False)
-    return probe.returncode == 0
-
-
 if "XLA_FLAGS" not in os.environ:
-    fast = f"{XLA_TEST_FLAGS} {ELEMENTAL_EMITTERS}"
+    fast = TEST_OPTIONS | ELEMENTAL_EMITTERS
     known = importlib.metadata.version("jaxlib") in ELEMENTAL_EMITTERS_JAXLIBS
-    os.environ["XLA_FLAGS"] = fast if known or xla_accepts(fast) else XLA_TEST_FLAGS
+    os.environ["XLA_FLAGS"] = " ".join(as_xla_flags(fast if known or not xla_flags_error(fast) else TEST_OPTIONS))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
