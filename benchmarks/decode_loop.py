@@ -28,12 +28,11 @@ import jax
 import jax.numpy as jnp
 
 import chimera
-from chimera.runtime import bench
 from chimera.runtime.cli import int_list, mesh_sizes
 from chimera.runtime.model import build
 from chimera.sharding.init import draw_params
 from matvec_kernel import replace_linear, use_one_row_kernel
-from timing import marginal_ms_per_step
+from timing import decode_ms_per_step, marginal_ms_per_step
 
 
 def multiply_one_row_plainly():
@@ -71,11 +70,8 @@ def main():
     for mesh in layouts:
         params = draw_params(model, jax.random.key(0), mesh)
         for chunk in args.chunks:
-            ms = {}
-            for gen in args.gens:
-                r = bench.bench_batch(config, params, args.batch, args.prompt_len, gen, args.repeats, mesh=mesh,
-                                      decode_chunk=chunk)
-                ms[gen] = r.decode_ms_per_step
+            ms = decode_ms_per_step(config, params, args.gens, args.repeats, batch=args.batch,
+                                    prompt_len=args.prompt_len, mesh=mesh, decode_chunk=chunk)
             marginal = marginal_ms_per_step(ms)
             row = {"mesh": None if mesh is None else dict(mesh.shape), "batch": args.batch, "decode_chunk": chunk,
                    "ms_per_step": ms, "marginal_ms_per_step": marginal}

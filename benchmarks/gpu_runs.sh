@@ -537,9 +537,9 @@ case "${1:-chimera}" in
     XLA_FLAGS="$opts" run touch-serial timeout 60 $P --variant touch --programs 32
     XLA_FLAGS="$opts" run xla-again timeout 60 $P
     ;;
-  h200-prefetch-profile-e)  # 1 GPU (session 8): h200-prefetch-e's touch (32 programs) profiled with the graphs kept, with
-                            # and without CONCURRENT scheduling: does it overlap the attention's kernels, and how fast is
-                            # the o GEMM reading from L2
+  h200-prefetch-profile-e)  # 1 GPU (session 8): h200-prefetch-e's touch (32 programs) on the full llama-3-8b, timed with and
+                            # without CONCURRENT scheduling and against none; then profiled (8 layers, graphs kept) both
+                            # ways: does it overlap the attention's kernels, and how fast is the o GEMM reading from L2
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     opts=$(chimera_xla_flags); conc="--xla_gpu_command_buffer_scheduling_mode=CONCURRENT"
     P="python3 benchmarks/l2_prefetch.py --config configs/llama-3-8b.yaml --gens 32,96"

@@ -33,12 +33,11 @@ from jax.experimental.pallas import triton as plgpu
 
 import chimera
 from chimera.attention.attention import Attention
-from chimera.runtime import bench
 from chimera.runtime.cli import int_list, mesh_sizes
 from chimera.runtime.model import build
 from chimera.sharding.init import draw_params
 from chimera.sharding.rules import partition_spec
-from timing import marginal_ms_per_step
+from timing import decode_ms_per_step, marginal_ms_per_step
 
 ROW = 1024  # elements per row of the flat view the kernel reads
 TILE_ROWS = 16
@@ -133,8 +132,7 @@ def main():
     for programs in args.programs if args.variant == "touch" else [None]:
         if programs is not None:
             use_touch(programs, args.fraction)
-        ms = {gen: bench.bench_batch(config, params, 1, 128, gen, args.repeats, mesh=mesh).decode_ms_per_step
-              for gen in args.gens}
+        ms = decode_ms_per_step(config, params, args.gens, args.repeats, mesh=mesh)
         row = {"variant": args.variant, "programs": programs, "fraction": args.fraction, "mesh": args.mesh,
                "touches_traced": TRACED[0], "ms_per_step": ms, "marginal_ms_per_step": marginal_ms_per_step(ms)}
         print(json.dumps(row), flush=True)

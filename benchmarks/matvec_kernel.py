@@ -35,10 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from pallas_matvec import matvec, rms_norm_matvec
-from timing import marginal_ms_per_step, median_seconds
+from timing import decode_ms_per_step, marginal_ms_per_step, median_seconds
 
 import chimera
-from chimera.runtime import bench
 from chimera.runtime.linear import linear
 from chimera.runtime.model import build
 from chimera.runtime.norm import rms_norm
@@ -165,9 +164,12 @@ def in_model(config_name: str, gens=(32, 160), repeats: int = 2) -> list[dict]:
     params = draw_params(build(config), jax.random.key(0), None)
     rows = []
     for rule in [None] + RULES + [None]:
-        replace_linear(linear) if rule is None else use_one_row_kernel(rule)
+        if rule is None:
+            replace_linear(linear)
+        else:
+            use_one_row_kernel(rule)
         jax.clear_caches()
-        ms = {gen: bench.bench_batch(config, params, 1, 128, gen, repeats).decode_ms_per_step for gen in gens}
+        ms = decode_ms_per_step(config, params, gens, repeats)
         row = {"rule": rule, "ms_per_step": ms, "marginal_ms_per_step": marginal_ms_per_step(ms)}
         print(json.dumps(row), flush=True)
         rows.append(row)

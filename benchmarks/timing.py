@@ -8,6 +8,8 @@ import time
 
 import jax
 
+from chimera.runtime import bench
+
 
 def median_seconds(fn, args, warmup: int = 1, repeats: int = 20) -> float:
     """Median seconds of `fn(*args)` over `repeats` device-synchronised calls, after `warmup`
@@ -29,3 +31,10 @@ def marginal_ms_per_step(ms_per_step: dict[int, float]) -> float | None:
     if long == short:
         return None
     return (ms_per_step[long] * (long - 1) - ms_per_step[short] * (short - 1)) / (long - short)
+
+
+def decode_ms_per_step(config, params, gens, repeats: int, batch: int = 1, prompt_len: int = 128, mesh=None,
+                       decode_chunk: int = 1) -> dict[int, float]:
+    """bench's ms per decode step for each generation length in `gens` (`marginal_ms_per_step`'s input)."""
+    return {gen: bench.bench_batch(config, params, batch, prompt_len, gen, repeats, mesh=mesh,
+                                   decode_chunk=decode_chunk).decode_ms_per_step for gen in gens}
