@@ -16,6 +16,9 @@ XLA's multiply-and-reduce lowering; `--xla_gpu_enable_dot_strength_reduction=fal
 option, and JAX 0.11.2's XLA no longer accepts it (BENCHMARKS.md, session 7).
 `--one-row-kernel` (an experiment, one device) computes them by the Pallas matvec of
 `benchmarks/pallas_matvec.py` instead (session 8).
+`--option NAME=VALUE` (repeatable, an experiment) changes one of chimera's GPU decode options
+(`runtime/gpu_options.py`'s GPU_DECODE_OPTIONS, which the Engine compiles its decode programs with)
+for this run; set the same in XLA_FLAGS to change what the process runs with too.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 
 import chimera
 from chimera.runtime.cli import int_list, mesh_sizes
+from chimera.runtime import gpu_options
 from chimera.runtime.model import build
 from chimera.sharding.init import draw_params
 from matvec_kernel import replace_linear, use_one_row_kernel
@@ -54,8 +58,13 @@ def main():
     parser.add_argument("--one-row-plain", action="store_true", help="no zero row for one-row products")
     parser.add_argument("--one-row-kernel", action="store_true",
                         help="one-row products by the Pallas matvec (benchmarks/matvec_kernel.py; one device)")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="one of chimera's GPU decode options, changed for this run")
     parser.add_argument("--json")
     args = parser.parse_args()
+    for option in args.option:
+        name, _, value = option.partition("=")
+        gpu_options.GPU_DECODE_OPTIONS[name] = value
     if args.one_row_plain:
         multiply_one_row_plainly()
     if args.one_row_kernel:
@@ -80,7 +89,8 @@ def main():
         del params
     report = {"config": config.name, "dtype": config.dtype, "prompt_len": args.prompt_len,
               "device": jax.devices()[0].device_kind, "jax_version": jax.__version__,
-              "one_row_plain": args.one_row_plain, "one_row_kernel": args.one_row_kernel, "rows": rows}
+              "one_row_plain": args.one_row_plain, "one_row_kernel": args.one_row_kernel,
+              "options": args.option, "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

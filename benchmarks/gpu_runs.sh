@@ -557,6 +557,154 @@ case "${1:-chimera}" in
       grep -E "span" $R/profile-touch-$v/summary.txt; save
     done
     ;;
+  x2-screen-g)  # 2 GPUs (session 9): what is left to try for the tensor=2 batch-1 step without kernels of our own, on
+                # llama-3-8b with 8 layers (marginal ms/step): NCCL without its cross-stream ordering around captured
+                # collectives (NCCL_GRAPH_MIXING_SUPPORT=0; safe only when no uncaptured NCCL call runs beside a graph's),
+                # XLA's NVSHMEM collectives, the generic Triton GEMM emitter, an exhaustive GEMM tiling search
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(chimera_xla_flags)
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    L="python3 benchmarks/decode_loop.py --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --chunks 1 --gens 32,160 --repeats 2"
+    run() {  # name, seconds, env words, XLA_FLAGS words, decode_loop words
+      echo "== $1"; env $3 XLA_FLAGS="$opts $4" timeout $2 $L $5 --json $R/$1.json 2>&1 \
+        | grep -E "^\{|Error|error|Unknown flag" | cut -c1-300; save
+    }
+    run 1-opts 100 "" "" ""
+    run 2-graph-mixing-0 60 NCCL_GRAPH_MIXING_SUPPORT=0 "" --no-single
+    run 3-nvshmem 60 "" --xla_gpu_experimental_enable_nvshmem=true --no-single
+    run 4-generic-triton-gemm 100 "" --xla_gpu_unsupported_enable_generic_triton_emitter_for_gemms=true ""
+    run 5-exhaustive-tiling 170 "" --xla_gpu_exhaustive_tiling_search=true ""
+    run 6-opts-again 60 "" "" --no-single
+    echo "== equality with NCCL_GRAPH_MIXING_SUPPORT=0"
+    NCCL_GRAPH_MIXING_SUPPORT=0 XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 100 \
+      python3 benchmarks/sharded_equality.py --dtype float32 --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 \
+      --prompts 5,40 --new-tokens 16 --json $R/equality-graph-mixing-0.json > $R/equality.log 2>&1
+    echo "exit $?"; grep '"identical"' $R/equality.log | tail -n 1; save
+    ;;
+  x2-mixing-g)  # 2 GPUs (session 9): NCCL_GRAPH_MIXING_SUPPORT=0 (x2-screen-g: tensor=2 8 layers 0.877 -> 0.834 ms/step) is
+                # documented safe only when no uncaptured NCCL call follows an unfinished graph launch; the decode step's
+                # argmax all-gather is not captured (filter ALLREDUCE). Captured too (filter ALLREDUCE,ALLGATHER), with and
+                # without it; then NCCL's own log of which collectives were called per step (uncaptured ones log every call)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(chimera_xla_flags); both=ALLREDUCE,ALLGATHER
+    opts_ag=$(echo "$opts" | sed "s/filter=ALLREDUCE/filter=$both/")
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    L="python3 benchmarks/decode_loop.py --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --no-single --chunks 1 --gens 32,160"
+    run() {  # name, env words, XLA_FLAGS, decode_loop words
+      echo "== $1"; env $2 XLA_FLAGS="$3" timeout 60 $L --repeats 2 $4 --json $R/$1.json 2>&1 \
+        | grep -E "^\{|Error|error" | cut -c1-300; save
+    }
+    run 1-opts "" "$opts" ""
+    run 2-mixing-0 NCCL_GRAPH_MIXING_SUPPORT=0 "$opts" ""
+    run 3-allgather-captured "" "$opts_ag" "--option xla_gpu_enable_collectives_command_buffer_filter=$both"
+    run 4-allgather-captured-mixing-0 NCCL_GRAPH_MIXING_SUPPORT=0 "$opts_ag" \
+      "--option xla_gpu_enable_collectives_command_buffer_filter=$both"
+    run 5-opts-again "" "$opts" ""
+    for v in opts allgather-captured; do
+      [ $v = opts ] && flags="$opts" words="" || flags="$opts_ag" words="--option xla_gpu_enable_collectives_command_buffer_filter=$both"
+      NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=COLL XLA_FLAGS="$flags" timeout 60 $L --repeats 1 $words > $R/nccl-calls-$v.log 2>&1
+      echo "== NCCL calls logged, $v (exit $?): $(grep -c 'NCCL INFO AllReduce' $R/nccl-calls-$v.log) all-reduce," \
+        "$(grep -c 'NCCL INFO AllGather' $R/nccl-calls-$v.log) all-gather"; gzip $R/nccl-calls-$v.log; save
+    done
+    ;;
+  x2-capture-g)  # 2 GPUs (session 9): x2-mixing-g's winner (NCCL_GRAPH_MIXING_SUPPORT=0 with every collective captured, so
+                 # the whole tensor=2 decode loop is one CUDA graph) on the full llama-3-8b against chimera's options in one
+                 # lease, and on the programs it must not slow: tensor=2 batch 16, Mixtral (8 layers) over expert=2
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(chimera_xla_flags); filter=xla_gpu_enable_collectives_command_buffer_filter; F=ALLREDUCE,ALLGATHER
+    for cand in ALLREDUCE,ALLGATHER,REDUCESCATTER,ALLTOALL,COLLECTIVEPERMUTE,COLLECTIVEBROADCAST,RAGGEDALLTOALL ALLCOLLECTIVES; do
+      said=$(python3 -c "import sys; from chimera.runtime.gpu_options import xla_flags_error as e; \
+print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $cand: $said"
+      [ "$said" = accepted ] && F=$cand
+    done
+    echo "capturing $F"; new=$(echo "$opts" | sed "s/filter=ALLREDUCE/filter=$F/")
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
+    run() {  # name, seconds, new|opts, decode_loop words
+      if [ $3 = new ]; then env="NCCL_GRAPH_MIXING_SUPPORT=0" flags="$new" words="--option $filter=$F"
+      else env="" flags="$opts" words=""; fi
+      echo "== $1 $3"; env $env XLA_FLAGS="$flags" timeout $2 python3 benchmarks/decode_loop.py --chunks 1 --gens 32,160 \
+        --repeats 2 $4 $words --json $R/$1-$3.json 2>&1 | grep -E "^\{|Error|error" | cut -c1-300; save
+    }
+    run llama-3-8b-b1 120 opts "--config llama-3-8b --mesh tensor=2"
+    run llama-3-8b-tensor2-b1 70 new "--config llama-3-8b --mesh tensor=2 --no-single"
+    for v in opts new; do
+      run llama-8layers-tensor2-b16 60 $v "--config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --no-single --batch 16"
+      for b in 1 16; do run mixtral-8layers-expert2-b$b 80 $v "--config $R/mixtral-8layers.yaml --mesh expert=2 --no-single --batch $b"; done
+    done
+    ;;
+  x2-final-g)  # 2 GPUs (session 9): `chimera bench` with NCCL_GRAPH_MIXING_SUPPORT=0 (chimera then captures every
+               # collective: gpu_options.gpu_decode_options), against NCCL's default in the same lease; whether any NCCL call
+               # still runs uncaptured (NCCL logs each uncaptured call, a captured one once per capture); every tiny
+               # preset sharded == one GPU with NCCL_GRAPH_MIXING_SUPPORT=0; XLA's SKIP_TEMP graph updates (per-call cost)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    B="python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 2"
+    timeout 100 $B --batch 1,16 --json $R/llama-3-8b-1gpu.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -4; save
+    NCCL_GRAPH_MIXING_SUPPORT=0 timeout 100 $B --batch 1,16 --mesh tensor=2 --json $R/llama-3-8b-tensor2.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -4; save
+    nccl=NCCL_GRAPH_MIXING_SUPPORT=0
+    cli=$(NCCL_GRAPH_MIXING_SUPPORT=0 python3 -c "from chimera.runtime.gpu_options import as_xla_flags, gpu_decode_options as o; \
+print(' '.join(as_xla_flags(o())))")
+    echo "environment: $nccl XLA_FLAGS=$cli"
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    env $nccl NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=COLL XLA_FLAGS="$cli" timeout 60 python3 benchmarks/decode_loop.py \
+      --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --no-single --chunks 1 --gens 32,160 --repeats 1 > $R/nccl-calls.log 2>&1
+    echo "== NCCL calls logged (exit $?): $(grep -c 'NCCL INFO AllReduce' $R/nccl-calls.log) all-reduce," \
+      "$(grep -c 'NCCL INFO AllGather' $R/nccl-calls.log) all-gather; $(grep '^{' $R/nccl-calls.log | cut -c1-200)"
+    gzip $R/nccl-calls.log; save
+    tiny=$(ls configs/*-tiny.yaml | xargs -n1 basename | sed 's/.yaml$//' | paste -sd,)
+    env $nccl XLA_FLAGS="$cli" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 220 python3 benchmarks/sharded_equality.py \
+      --dtype float32 --config $tiny --mesh tensor=2 --mesh expert=2 --prompts 17 --new-tokens 12 \
+      --json $R/equality-tiny.json > $R/equality-tiny.log 2>&1
+    echo "equality exit $?"; grep -E '^ "config"|"error"|^ "identical"' $R/equality-tiny.log | cut -c1-300; save
+    echo "== NCCL's default (graph mixing on: only the all-reduces captured)"
+    NCCL_GRAPH_MIXING_SUPPORT=1 timeout 60 $B --batch 1 --mesh tensor=2 --json $R/llama-3-8b-tensor2-mixing.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -3
+    save; echo "== SKIP_TEMP"
+    NCCL_GRAPH_MIXING_SUPPORT=0 XLA_FLAGS=--xla_gpu_command_buffer_update_mode=SKIP_TEMP timeout 60 $B --batch 1 --mesh tensor=2 \
+      --json $R/llama-3-8b-tensor2-skip-temp.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -3; save
+    ;;
+  x2-profile-g)  # 2 GPUs (session 9): how the CLI's tensor=2 step runs now (x2-final-g: NCCL logs every collective every
+                 # step; each decode call costs ~40 ms more than before): the step profiled with its graphs kept (the
+                 # window's host calls say which kernels the host launched itself), and XLA's log of its command buffers
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    nccl=NCCL_GRAPH_MIXING_SUPPORT=0
+    cli=$(NCCL_GRAPH_MIXING_SUPPORT=0 python3 -c "from chimera.runtime.gpu_options import as_xla_flags, gpu_decode_options as o; \
+print(' '.join(as_xla_flags(o())))")
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    for v in new mixing; do
+      [ $v = new ] && env=$nccl || env=NCCL_GRAPH_MIXING_SUPPORT=1
+      flags=$(env $env python3 -c "from chimera.runtime.gpu_options import as_xla_flags, gpu_decode_options as o; \
+print(' '.join(as_xla_flags(o())))")
+      env $env XLA_FLAGS="$flags --xla_enable_command_buffers_during_profiling=true" timeout 100 python3 benchmarks/profile_decode.py \
+        --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --batch 1 --gen 16 --top 24 --out $R/profile-$v > $R/profile-$v.log 2>&1
+      echo "== profile $v exit $?"; rm -rf $R/profile-$v/trace $R/profile-$v/decode.hlo.txt; sed -n 5,20p $R/profile-$v/summary.txt
+      grep -A4 "^idle" $R/profile-$v/summary.txt; save
+    done
+    env $nccl TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=command_buffer_thunk=3,command_executor=3,while_thunk=3 XLA_FLAGS="$cli" \
+      timeout 90 python3 benchmarks/decode_loop.py --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --no-single --chunks 1 \
+      --gens 32 --repeats 1 > $R/command-buffers.log 2>&1
+    echo "== command buffer log (exit $?): $(wc -l < $R/command-buffers.log) lines"
+    sed -E 's/^[IWE][0-9]+ [0-9:.]+ +[0-9]+ //; s/0x[0-9a-f]+/P/g; s/[0-9]+/N/g' $R/command-buffers.log | sort | uniq -c | sort -rn | head -25
+    gzip $R/command-buffers.log; save
+    ;;
+  x2-moe-g)  # 2 GPUs (session 9): `chimera bench` with NCCL_GRAPH_MIXING_SUPPORT=0 against NCCL's default graph mixing
+             # (only the all-reduces captured) in one lease, where x2-final-g did not: Mixtral (8 layers) over expert=2, llama-3-8b
+             # tensor=2 at batch 16; and llama-3-8b at batch 1 over 512 tokens, one GPU and tensor=2 (each decode call
+             # now updates its loop's graph once, NCCL's calls re-traced: ~40 ms, which 512 tokens amortise)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    B="python3 -m chimera.runtime.cli bench --dtype bfloat16 --prompt-len 128 --repeats 2"
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
+    for mixing in 0 1; do
+      echo "== NCCL_GRAPH_MIXING_SUPPORT=$mixing"
+      NCCL_GRAPH_MIXING_SUPPORT=$mixing timeout 90 $B --config $R/mixtral-8layers.yaml --gen 64 --batch 1,16 --mesh expert=2 \
+        --json $R/mixtral-8layers-expert2-mixing$mixing.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -3; save
+      NCCL_GRAPH_MIXING_SUPPORT=$mixing timeout 70 $B --config llama-3-8b --gen 128 --batch 16 --mesh tensor=2 \
+        --json $R/llama-3-8b-tensor2-b16-mixing$mixing.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2; save
+    done
+    for mesh in "--mesh tensor=2" ""; do
+      NCCL_GRAPH_MIXING_SUPPORT=0 timeout 70 $B --config llama-3-8b --gen 512 --batch 1 $mesh --json $R/llama-3-8b-gen512${mesh:+-tensor2}.json 2>&1 \
+        | grep -vE "^[IW]0000|^WARNING" | tail -2; save
+    done
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \

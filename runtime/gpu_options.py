@@ -13,10 +13,11 @@ Two ways to apply them, both used by default:
   `compiler_options`), which covers the compile-time choices (NCCL instead of the one-shot
   kernel, synchronous collectives, NCCL's symmetric buffers for one-row tensor-parallel steps);
 - per process: `set_xla_flags` appends GPU_DECODE_OPTIONS (not the one-row options, which slow
-  other programs) to XLA_FLAGS before the first backend starts; the `chimera` CLI calls it.
-  Only this way did the full gain show (llama-3-8b tensor=2 batch 1: 3.62 ms a step with XLA's
-  defaults, 3.52 with per-program options, 3.30 with XLA_FLAGS), so part of the capture is
-  decided from the process's flags at run time.
+  other programs) to XLA_FLAGS before the first backend starts. Only this way did the full gain
+  show (llama-3-8b tensor=2 batch 1: 3.62 ms a step with XLA's defaults, 3.52 with per-program
+  options, 3.30 with XLA_FLAGS), so part of the capture is decided from the process's flags at
+  run time; the `chimera` CLI calls it. With NCCL_GRAPH_MIXING_SUPPORT=0 in the environment both
+  capture every collective (CAPTURE_ALL_COLLECTIVES, below): a sharded decode loop is then one graph.
 """
 
 from __future__ import annotations
@@ -47,6 +48,22 @@ GPU_DECODE_OPTIONS = {
 # So only programs whose all-reduces carry one row's activation get it, and never process-wide.
 ONE_ROW_TENSOR_PARALLEL_OPTIONS = {"xla_gpu_experimental_enable_nccl_symmetric_buffers": True}
 
+# NCCL's default graph-mixing support orders every captured collective against uncaptured NCCL calls
+# through extra graph nodes, which a graph holding a whole loop (a CUDA conditional node) cannot
+# contain: with the decode step's all-gather captured as well as its all-reduces, the loop's graph
+# fails to instantiate (CUDA_ERROR_INVALID_VALUE), so a sharded loop runs step by step from the host
+# with only its all-reduces captured. With NCCL_GRAPH_MIXING_SUPPORT=0 in the environment (the user's
+# choice, before NCCL starts) NCCL requires instead that no uncaptured NCCL call is issued while a
+# graph launch holding NCCL calls is unfinished ("stream ordering is not sufficient"), so chimera then
+# captures every collective (CAPTURE_ALL_COLLECTIVES) and the loop is one graph. Each decode call then
+# costs ~32 ms beside its steps (llama-3-8b tensor=2, against ~9): XLA updates that graph per call.
+# On 2 H200s (BENCHMARKS.md, session 9), per step over 127 new tokens: llama-3-8b tensor=2 batch 1
+# 3.08 -> 3.00 ms (2.997 -> 2.679 between calls), batch 16 3.55 -> 3.50; Mixtral (8 layers) over
+# expert=2, 63 new tokens: batch 1 4.09 -> 4.15, batch 16 3.77 -> 3.97. It stays the user's choice:
+# XLA runs the first execution of each command buffer uncaptured (a warm-up), which NCCL's condition
+# does not allow for if another graph is still running; that was not seen to fail, nor excluded.
+CAPTURE_ALL_COLLECTIVES = {"xla_gpu_enable_collectives_command_buffer_filter": "ALLCOLLECTIVES"}
+
 # jaxlibs whose XLA was seen to accept every option (on the GPU machines, session 7): not asked again
 ACCEPTING_JAXLIBS = ("0.11.2",)
 
@@ -71,13 +88,14 @@ def jax_knows_options() -> bool:
     ONE_ROW_TENSOR_PARALLEL_OPTIONS). An unknown option fails a compile, and in XLA_FLAGS aborts
     the process; XLA drops options between releases (jaxlib 0.11.2's binaries still name three it
     no longer parses). So: no below 0.11 (which lacks some), yes for ACCEPTING_JAXLIBS, and for
-    any other XLA is asked (`xla_flags_error`), once per process (only GPU machines ask)."""
+    any other XLA is asked (`xla_flags_error`), once per process (only GPU machines ask).
+    CAPTURE_ALL_COLLECTIVES is asked with them (its filter value is the newer one)."""
     version = importlib.metadata.version("jaxlib")
     if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < (0, 11):
         return False
     if version in ACCEPTING_JAXLIBS:
         return True
-    error = xla_flags_error(GPU_DECODE_OPTIONS | ONE_ROW_TENSOR_PARALLEL_OPTIONS)
+    error = xla_flags_error(GPU_DECODE_OPTIONS | CAPTURE_ALL_COLLECTIVES | ONE_ROW_TENSOR_PARALLEL_OPTIONS)
     if error:
         warnings.warn("this XLA does not accept chimera's GPU decode options (runtime/gpu_options.py); decoding "
                       f"with XLA's defaults. XLA said: {error[-300:]}", stacklevel=2)
@@ -90,11 +108,25 @@ def cuda_plugin_installed() -> bool:
     return any(re.fullmatch(r"jax[-_]cuda\d+[-_](plugin|pjrt)", name) for name in names)
 
 
+def nccl_graph_mixing_off(environ=os.environ) -> bool:
+    """Whether NCCL runs without graph-mixing support (NCCL reads its environment when the first
+    communicator starts, after the decode programs compile)."""
+    return environ.get("NCCL_GRAPH_MIXING_SUPPORT") == "0"
+
+
+def gpu_decode_options(environ=os.environ) -> dict:
+    """GPU_DECODE_OPTIONS, capturing every collective when NCCL runs without graph-mixing support."""
+    options = dict(GPU_DECODE_OPTIONS)
+    if nccl_graph_mixing_off(environ):
+        options |= CAPTURE_ALL_COLLECTIVES
+    return options
+
+
 def default_compiler_options(devices) -> dict:
-    """The options the Engine compiles its decode loop with on these devices: GPU_DECODE_OPTIONS
+    """The options the Engine compiles its decode loop with on these devices: `gpu_decode_options`
     on GPUs with a jaxlib that knows them, else none."""
     on_gpu = all(device.platform == "gpu" for device in devices)
-    return dict(GPU_DECODE_OPTIONS) if on_gpu and jax_knows_options() else {}
+    return gpu_decode_options() if on_gpu and jax_knows_options() else {}
 
 
 def one_row_tensor_parallel(mesh, batch: int) -> bool:
@@ -115,7 +147,7 @@ def decode_compiler_options(mesh, batch: int) -> dict:
 
 
 def set_xla_flags(environ=os.environ) -> bool:
-    """Append GPU_DECODE_OPTIONS to XLA_FLAGS, keeping any flag already set there. XLA reads
+    """Append `gpu_decode_options` to XLA_FLAGS, keeping any flag already set there. XLA reads
     XLA_FLAGS once, when the first backend starts, so this does nothing (and returns False)
     once a backend runs, without a CUDA plugin (the options only concern GPUs), or with an XLA
     that does not accept them (`jax_knows_options`)."""
@@ -124,6 +156,6 @@ def set_xla_flags(environ=os.environ) -> bool:
         return False
     flags = environ.get("XLA_FLAGS", "").split()
     already = {flag.split("=")[0].lstrip("-") for flag in flags}
-    flags += as_xla_flags({name: value for name, value in GPU_DECODE_OPTIONS.items() if name not in already})
+    flags += as_xla_flags({name: value for name, value in gpu_decode_options(environ).items() if name not in already})
     environ["XLA_FLAGS"] = " ".join(flags)
     return True

@@ -115,3 +115,19 @@ def test_bench_cache_smaller_than_request():
     config = chimera.load_config("llama-tiny")
     with pytest.raises(ValueError, match="cache_len 40 is smaller than prompt 40 \\+ gen 3"):
         bench.bench_batch(config, None, batch=1, prompt_len=40, gen=3, repeats=1, cache_len=40)
+
+
+@pytest.mark.parametrize("argv", [["presets"], ["bench", "--config", "llama-tiny", "--mesh", "tensor=2"]])
+def test_process_options_set_before_the_command_runs(monkeypatch, argv):
+    """The CLI appends chimera's GPU options to XLA_FLAGS first; `--xla-defaults` does not."""
+    from chimera.runtime import cli, gpu_options
+    calls = []
+    monkeypatch.setattr(gpu_options, "set_xla_flags", lambda: calls.append("set"))
+    monkeypatch.setattr(cli, "cmd_bench", lambda args: calls.append("run") or 0)
+    monkeypatch.setattr(cli, "cmd_presets", lambda args: calls.append("run") or 0)
+    assert main(argv) == 0
+    assert calls == ["set", "run"]
+    if argv[0] == "bench":
+        calls.clear()
+        assert main(argv + ["--xla-defaults"]) == 0
+        assert calls == ["run"]

@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 
 from chimera.runtime import gpu_options
-from chimera.runtime.gpu_options import (GPU_DECODE_OPTIONS, ONE_ROW_TENSOR_PARALLEL_OPTIONS, as_xla_flags,
-                                         decode_compiler_options, default_compiler_options, set_xla_flags)
+from chimera.runtime.gpu_options import (CAPTURE_ALL_COLLECTIVES, GPU_DECODE_OPTIONS,
+                                         ONE_ROW_TENSOR_PARALLEL_OPTIONS, as_xla_flags, decode_compiler_options,
+                                         default_compiler_options, gpu_decode_options, set_xla_flags)
+
+FILTER = "xla_gpu_enable_collectives_command_buffer_filter"
+
+
+@pytest.fixture(autouse=True)
+def nccl_mixing_as_by_default(monkeypatch):
+    """NCCL's graph-mixing support as NCCL has it unless told (these tests set it where they need to)."""
+    monkeypatch.delenv("NCCL_GRAPH_MIXING_SUPPORT", raising=False)
 
 
 class FakeDevice:
@@ -43,6 +52,20 @@ def test_symmetric_buffers_only_for_one_row_tensor_parallel_steps(monkeypatch, s
     assert decode_compiler_options(FakeMesh("cpu", **sizes), batch) == {}
 
 
+@pytest.mark.parametrize("value, captured", [(None, "ALLREDUCE"), ("1", "ALLREDUCE"), ("0", "ALLCOLLECTIVES")])
+def test_every_collective_captured_only_when_nccl_graph_mixing_is_off(monkeypatch, value, captured):
+    """With NCCL's graph mixing on, a loop graph holding a collective other than the all-reduces
+    does not instantiate; with it off, no NCCL call may run uncaptured beside a graph's."""
+    environ = {} if value is None else {"NCCL_GRAPH_MIXING_SUPPORT": value}
+    assert gpu_decode_options(environ) == {**GPU_DECODE_OPTIONS, FILTER: captured}
+    if value is not None:
+        monkeypatch.setenv("NCCL_GRAPH_MIXING_SUPPORT", value)
+    monkeypatch.setattr(gpu_options, "jax_knows_options", lambda: True)
+    assert decode_compiler_options(FakeMesh("gpu", tensor=2), 1)[FILTER] == captured
+    assert decode_compiler_options(FakeMesh("gpu", expert=2), 16)[FILTER] == captured
+    assert decode_compiler_options(FakeMesh("cpu", tensor=2), 1) == {}
+
+
 def test_jax_knows_options_below_0_11_without_asking_xla(monkeypatch):
     monkeypatch.setattr(gpu_options.importlib.metadata, "version", lambda name: "0.10.2")
     monkeypatch.setattr(gpu_options.subprocess, "run", None)  # not called
@@ -66,6 +89,7 @@ def test_jax_knows_options_asks_xla_for_other_jaxlibs(monkeypatch, option, accep
     monkeypatch.setattr(gpu_options.importlib.metadata, "version", lambda name: "0.11.99")
     monkeypatch.setattr(gpu_options, "GPU_DECODE_OPTIONS", {option: 1})
     monkeypatch.setattr(gpu_options, "ONE_ROW_TENSOR_PARALLEL_OPTIONS", {})
+    monkeypatch.setattr(gpu_options, "CAPTURE_ALL_COLLECTIVES", {})
     gpu_options.jax_knows_options.cache_clear()
     if accepted:
         assert gpu_options.jax_knows_options()
@@ -85,10 +109,7 @@ def test_cuda_plugin_installed(monkeypatch):
 
 
 def test_set_xla_flags_appends_and_keeps_the_users(monkeypatch):
-    from jax._src import xla_bridge
-    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
-    monkeypatch.setattr(gpu_options, "cuda_plugin_installed", lambda: True)
-    monkeypatch.setattr(gpu_options, "jax_knows_options", lambda: True)
+    process_options_settable(monkeypatch)
     environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_gpu_graph_min_graph_size=5"}
     assert set_xla_flags(environ)
     flags = environ["XLA_FLAGS"].split()
@@ -99,12 +120,31 @@ def test_set_xla_flags_appends_and_keeps_the_users(monkeypatch):
     assert len(flags) == 2 + len(GPU_DECODE_OPTIONS) - 1
 
 
+def process_options_settable(monkeypatch):
+    from jax._src import xla_bridge
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setattr(gpu_options, "cuda_plugin_installed", lambda: True)
+    monkeypatch.setattr(gpu_options, "jax_knows_options", lambda: True)
+
+
+@pytest.mark.parametrize("mixing, captured", [(None, "ALLREDUCE"), ("1", "ALLREDUCE"), ("0", "ALLCOLLECTIVES")])
+def test_set_xla_flags_captures_every_collective_when_nccl_graph_mixing_is_off(monkeypatch, mixing, captured):
+    """The process's flags follow the user's NCCL setting, which chimera leaves alone."""
+    process_options_settable(monkeypatch)
+    environ = {} if mixing is None else {"NCCL_GRAPH_MIXING_SUPPORT": mixing}
+    assert set_xla_flags(environ)
+    assert environ.get("NCCL_GRAPH_MIXING_SUPPORT") == mixing
+    assert f"--{FILTER}={captured}" in environ["XLA_FLAGS"].split()
+    assert len(environ["XLA_FLAGS"].split()) == len(GPU_DECODE_OPTIONS)
+
+
 @pytest.mark.skipif(tuple(map(int, importlib.metadata.version("jaxlib").split(".")[:2])) < (0, 11),
                     reason="this jaxlib predates some of the options")
 def test_this_jaxlib_accepts_the_options():
     """The option names are current for the installed jaxlib (XLA drops options between
     releases; chimera then decodes with XLA's defaults, and this fails until they are updated)."""
     assert gpu_options.xla_flags_error(GPU_DECODE_OPTIONS | ONE_ROW_TENSOR_PARALLEL_OPTIONS) == ""
+    assert gpu_options.xla_flags_error(GPU_DECODE_OPTIONS | CAPTURE_ALL_COLLECTIVES) == ""
 
 
 def test_set_xla_flags_does_nothing_once_a_backend_runs_without_cuda_or_options(monkeypatch):
