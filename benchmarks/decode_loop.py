@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 
 import chimera
-from chimera.runtime.cli import int_list, mesh_sizes
 from chimera.runtime import gpu_options
+from chimera.runtime.cli import int_list, mesh_sizes
 from chimera.runtime.model import build
 from chimera.sharding.init import draw_params
 from matvec_kernel import replace_linear, use_one_row_kernel

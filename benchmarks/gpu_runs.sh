@@ -7,9 +7,10 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING; python3 -c "import chimera" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 python3 -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__, jax.devices())"
-# chimera's GPU decode options as XLA_FLAGS words (what `chimera` puts in XLA_FLAGS)
+# chimera's GPU decode options as XLA_FLAGS words (what `chimera` puts in XLA_FLAGS; every collective captured
+# when NCCL_GRAPH_MIXING_SUPPORT=0 is in this call's environment)
 chimera_xla_flags() {
-  python3 -c "from chimera.runtime.gpu_options import GPU_DECODE_OPTIONS, as_xla_flags; print(' '.join(as_xla_flags(GPU_DECODE_OPTIONS)))"
+  python3 -c "from chimera.runtime.gpu_options import as_xla_flags, gpu_decode_options; print(' '.join(as_xla_flags(gpu_decode_options())))"
 }
 # Sharded == one GPU under the CLI's XLA_FLAGS, float32 (session 7): llama-3-8b with 8 layers on tensor=2, then
 # every tiny preset on tensor=2 and expert=2 (does every program instantiate its CUDA graphs under these options?)
@@ -642,8 +643,7 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     timeout 100 $B --batch 1,16 --json $R/llama-3-8b-1gpu.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -4; save
     NCCL_GRAPH_MIXING_SUPPORT=0 timeout 100 $B --batch 1,16 --mesh tensor=2 --json $R/llama-3-8b-tensor2.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -4; save
     nccl=NCCL_GRAPH_MIXING_SUPPORT=0
-    cli=$(NCCL_GRAPH_MIXING_SUPPORT=0 python3 -c "from chimera.runtime.gpu_options import as_xla_flags, gpu_decode_options as o; \
-print(' '.join(as_xla_flags(o())))")
+    cli=$(NCCL_GRAPH_MIXING_SUPPORT=0 chimera_xla_flags)
     echo "environment: $nccl XLA_FLAGS=$cli"
     sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
     env $nccl NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=COLL XLA_FLAGS="$cli" timeout 60 python3 benchmarks/decode_loop.py \
@@ -667,13 +667,11 @@ print(' '.join(as_xla_flags(o())))")
                  # window's host calls say which kernels the host launched itself), and XLA's log of its command buffers
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     nccl=NCCL_GRAPH_MIXING_SUPPORT=0
-    cli=$(NCCL_GRAPH_MIXING_SUPPORT=0 python3 -c "from chimera.runtime.gpu_options import as_xla_flags, gpu_decode_options as o; \
-print(' '.join(as_xla_flags(o())))")
+    cli=$(NCCL_GRAPH_MIXING_SUPPORT=0 chimera_xla_flags)
     sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
     for v in new mixing; do
       [ $v = new ] && env=$nccl || env=NCCL_GRAPH_MIXING_SUPPORT=1
-      flags=$(env $env python3 -c "from chimera.runtime.gpu_options import as_xla_flags, gpu_decode_options as o; \
-print(' '.join(as_xla_flags(o())))")
+      flags=$(export $env; chimera_xla_flags)
       env $env XLA_FLAGS="$flags --xla_enable_command_buffers_during_profiling=true" timeout 100 python3 benchmarks/profile_decode.py \
         --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --batch 1 --gen 16 --top 24 --out $R/profile-$v > $R/profile-$v.log 2>&1
       echo "== profile $v exit $?"; rm -rf $R/profile-$v/trace $R/profile-$v/decode.hlo.txt; sed -n 5,20p $R/profile-$v/summary.txt
