@@ -16,6 +16,9 @@ XLA's multiply-and-reduce lowering; `--xla_gpu_enable_dot_strength_reduction=fal
 option, and JAX 0.11.2's XLA no longer accepts it (BENCHMARKS.md, session 7).
 `--one-row-kernel` (an experiment, one device) computes them by the Pallas matvec of
 `benchmarks/pallas_matvec.py` instead (session 8).
+`--zero-row-below N` (an experiment) adds the zero row only to products by a weight of fewer than N
+elements (global shape): above XLA's strength-reduction size a one-row product stays a GEMM by
+itself, and the pad kernel in front of it (which the RMS norm or SwiGLU feeding it fuses into) goes.
 `--option NAME=VALUE` (repeatable, an experiment) changes one of chimera's GPU decode options
 (`runtime/gpu_options.py`'s GPU_DECODE_OPTIONS, which the Engine compiles its decode programs with)
 for this run; set the same in XLA_FLAGS to change what the process runs with too.
@@ -33,6 +36,7 @@ import jax.numpy as jnp
 import chimera
 from chimera.runtime import gpu_options
 from chimera.runtime.cli import int_list, mesh_sizes
+from chimera.runtime.linear import linear
 from chimera.runtime.model import build
 from chimera.sharding.init import draw_params
 from matvec_kernel import replace_linear, use_one_row_kernel
@@ -42,6 +46,13 @@ from timing import decode_ms_per_step, marginal_ms_per_step
 def multiply_one_row_plainly():
     """The blocks' products by the plain einsum (no zero row)."""
     replace_linear(lambda spec, x, w: jnp.einsum(spec, x, w))
+
+
+def zero_row_below(elements: int):
+    """The blocks' products with the zero row only for weights of fewer than `elements` elements."""
+    def product(spec, x, w):
+        return linear(spec, x, w) if w.size < elements else jnp.einsum(spec, x, w)
+    replace_linear(product)
 
 
 def main():
@@ -58,6 +69,8 @@ def main():
     parser.add_argument("--one-row-plain", action="store_true", help="no zero row for one-row products")
     parser.add_argument("--one-row-kernel", action="store_true",
                         help="one-row products by the Pallas matvec (benchmarks/matvec_kernel.py; one device)")
+    parser.add_argument("--zero-row-below", type=float, metavar="N",
+                        help="the zero row only for weights of fewer than N elements")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="one of chimera's GPU decode options, changed for this run")
     parser.add_argument("--json")
@@ -69,6 +82,8 @@ def main():
         multiply_one_row_plainly()
     if args.one_row_kernel:
         use_one_row_kernel()
+    if args.zero_row_below:
+        zero_row_below(int(args.zero_row_below))
     config = chimera.load_config(args.config).replace(dtype=args.dtype)
     model = build(config)
     layouts = [] if args.no_single else [None]
@@ -90,6 +105,7 @@ def main():
     report = {"config": config.name, "dtype": config.dtype, "prompt_len": args.prompt_len,
               "device": jax.devices()[0].device_kind, "jax_version": jax.__version__,
               "one_row_plain": args.one_row_plain, "one_row_kernel": args.one_row_kernel,
+              "zero_row_below": args.zero_row_below,
               "options": args.option, "rows": rows}
     if args.json:
         with open(args.json, "w") as f:

@@ -703,6 +703,73 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
         | grep -vE "^[IW]0000|^WARNING" | tail -2; save
     done
     ;;
+  x2-percall-h)  # 2 GPUs (session 10): what a decode call costs beside its steps (llama-3-8b tensor=2 b1: ~9 ms with NCCL's
+                 # default, ~32 ms with every collective captured) and whether it is XLA re-recording the loop's graph because
+                 # a buffer moved between calls (benchmarks/per_call.py; this lease's "drop" is the mode now called fresh);
+                 # and the zero row only below XLA's strength-reduction size (decode_loop --zero-row-below), 8 layers
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    P="python3 benchmarks/per_call.py --config llama-3-8b --mesh tensor=2 --gens 32,160 --repeats 2"
+    cli=$(NCCL_GRAPH_MIXING_SUPPORT=0 chimera_xla_flags)
+    echo "== every collective captured: $cli"
+    NCCL_GRAPH_MIXING_SUPPORT=0 TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=command_buffer_thunk=3 XLA_FLAGS="$cli" timeout 220 \
+      $P --json $R/per-call-capture-all.json > $R/per-call-capture-all.out 2> $R/per-call-capture-all.log
+    echo "exit $?"; grep "^{" $R/per-call-capture-all.out | cut -c1-400
+    # XLA records a command buffer holding collectives again at every call (Initialized ...), which costs
+    # ~10 us when no buffer moved; per mode and length: recordings, their µs, by the program's command count
+    awk '/^=== /{key=$2" "$3" "$4} /(Initialized|Updated) command buffer.* in [0-9]+/{for(i=1;i<=NF;i++) if($i=="in") t=$(i+1);
+      match($0, /num_commands=[0-9]+/); k=key" "substr($0, RSTART, RLENGTH); n[k]++; us[k]+=t}
+      END{for(k in n) printf "%s: %d recordings, %.0f us\n", k, n[k], us[k]}' $R/per-call-capture-all.log | sort
+    gzip $R/per-call-capture-all.log; save
+    opts=$(chimera_xla_flags)
+    echo "== NCCL default: $opts"
+    XLA_FLAGS="$opts" timeout 150 $P --no-single --json $R/per-call-default.json 2>&1 | grep "^{" | cut -c1-400; save
+    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
+    for below in 0 4e7 0; do
+      words=""; [ $below != 0 ] && words="--zero-row-below $below"
+      echo "== zero row below ${below}"; XLA_FLAGS="$opts" timeout 100 python3 benchmarks/decode_loop.py --config $R/llama-3-8b-8layers.yaml \
+        --mesh tensor=2 --chunks 1 --gens 32,160 --repeats 2 $words --json $R/zero-row-below-$below-$RANDOM.json 2>&1 | grep "^{" | cut -c1-300; save
+    done
+    ;;
+  x2-percall2-h)  # 2 GPUs (session 10): x2-percall-h again without XLA's log, more repeats (modes keep / fresh / pinned,
+                  # benchmarks/per_call.py; this lease ran "pinned" as an Engine that placed repeated inputs once, since
+                  # reverted: the same arrays each call, as pinned passes them); then how a step grows with
+                  # the context (prompt 896, cache 1024; session 9: tensor=2 1.18x one GPU over 511 new tokens)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    P="python3 benchmarks/per_call.py --config llama-3-8b --mesh tensor=2 --repeats 4"
+    cli=$(NCCL_GRAPH_MIXING_SUPPORT=0 chimera_xla_flags); opts=$(chimera_xla_flags)
+    echo "== every collective captured"
+    NCCL_GRAPH_MIXING_SUPPORT=0 XLA_FLAGS="$cli" timeout 200 $P --gens 32,160 --json $R/per-call-capture-all.json 2>&1 | grep "^{" | cut -c1-400; save
+    echo "== NCCL default"
+    XLA_FLAGS="$opts" timeout 120 $P --gens 32,160 --no-single --json $R/per-call-default.json 2>&1 | grep "^{" | cut -c1-400; save
+    echo "== NCCL default, prompt 896"
+    XLA_FLAGS="$opts" timeout 150 $P --gens 32,96 --prompt-len 896 --modes pinned --json $R/per-call-default-prompt896.json 2>&1 \
+      | grep "^{" | cut -c1-400; save
+    ;;
+  x2-bench-h)  # 2 GPUs (session 10): `chimera bench` as it now times a decode call (the last call's outputs released first,
+               # as `generate` releases them) on one GPU and tensor=2, NCCL's default against NCCL_GRAPH_MIXING_SUPPORT=0 (every
+               # collective captured) alternated in one lease: x2-percall2-h found no gain from the latter, session 9 10%
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    B="python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 5"
+    bench() {  # name, seconds, batches, environment, bench words
+      echo "== $1"; env $4 timeout $2 $B --batch $3 $5 --json $R/$1.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -4 | cut -c1-170; save
+    }
+    bench 1gpu-a 90 1,16 "" ""
+    bench tensor2-default-a 110 1,16 NCCL_GRAPH_MIXING_SUPPORT=1 "--mesh tensor=2"
+    bench tensor2-capture-a 110 1,16 NCCL_GRAPH_MIXING_SUPPORT=0 "--mesh tensor=2"
+    bench tensor2-default-b 80 1 NCCL_GRAPH_MIXING_SUPPORT=1 "--mesh tensor=2"
+    bench tensor2-capture-b 80 1 NCCL_GRAPH_MIXING_SUPPORT=0 "--mesh tensor=2"
+    bench 1gpu-b 60 1 "" ""
+    ;;
+  x2-moe-h)  # 2 GPUs (session 10): Mixtral (8 layers) over expert=2 with `chimera bench` as it now times a call, NCCL's default
+             # against NCCL_GRAPH_MIXING_SUPPORT=0, alternated (session 9, outputs kept alive: the latter slower)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
+    B="python3 -m chimera.runtime.cli bench --config $R/mixtral-8layers.yaml --dtype bfloat16 --prompt-len 128 --gen 64 --repeats 5 --mesh expert=2"
+    for run in default-a:1 capture-a:0 default-b:1 capture-b:0; do
+      echo "== ${run%:*}"; NCCL_GRAPH_MIXING_SUPPORT=${run#*:} timeout 100 $B --batch 1,16 --json $R/mixtral-8layers-expert2-${run%:*}.json 2>&1 \
+        | grep -vE "^[IW]0000|^WARNING" | tail -3 | cut -c1-170; save
+    done
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \
