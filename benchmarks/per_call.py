@@ -107,7 +107,8 @@ def main():
             ms = {}
             for gen in args.gens:
                 print(f"=== {mode} gen {gen}", file=sys.stderr, flush=True)
-                ms[gen] = time_calls(engine, config, args.batch, args.prompt_len, gen, args.repeats, mode) / (gen - 1) * 1e3
+                seconds = time_calls(engine, config, args.batch, args.prompt_len, gen, args.repeats, mode)
+                ms[gen] = seconds / (gen - 1) * 1e3
             marginal = marginal_ms_per_step(ms)
             short = min(ms)
             row = {"mesh": None if mesh is None else dict(mesh.shape), "batch": args.batch, "mode": mode,

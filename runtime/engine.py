@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from chimera.runtime.gpu_options import decode_compiler_options
+from chimera.runtime.gpu_options import decode_compiler_options, nccl_graph_mixing_off
 from chimera.runtime.model import Model
 from chimera.runtime.sampling import Sampling, sample
 from chimera.runtime.state import DecodeState
@@ -135,6 +135,15 @@ class Engine:
             return x
         return place_array(x, batch_sharding(self.mesh, np.shape(x)[0]) if per_row else replicated(self.mesh))
 
+    def settle(self, *inputs):
+        """Wait until `inputs` exist when NCCL runs without graph mixing (NCCL_GRAPH_MIXING_SUPPORT=0)
+        on a mesh. NCCL then forbids an uncaptured NCCL call while a CUDA graph holding NCCL calls is
+        unfinished, and XLA runs a program's first call uncaptured (also its first after another
+        compile evicted its graphs). Each of the Engine's programs takes what the one before it
+        made, so once the inputs exist none of its graphs still runs."""
+        if self.mesh is not None and nccl_graph_mixing_off():
+            jax.block_until_ready(inputs)
+
     def new_state(self, batch: int, cache_len: int) -> DecodeState:
         """An empty DecodeState allocated on the device(s)."""
         with self.on_mesh():
@@ -152,6 +161,7 @@ class Engine:
         program = self.programs(state.batch_size, state.max_len).prefill
         tokens, lengths, first, row_ids = (self.put(x, per_row=True) for x in (tokens, lengths, first, row_ids))
         seed = self.put(seed, per_row=False)
+        self.settle(state, first)
         with self.on_mesh():
             return program(params, state, tokens, lengths, first, row_ids, seed, sampling)
 
@@ -188,6 +198,7 @@ class Engine:
         program = self.programs(state.batch_size, state.max_len).decode
         first, active, row_ids = (self.put(x, per_row=True) for x in (first, active, row_ids))
         seed, stop_tokens, max_new = (self.put(x, per_row=False) for x in (seed, stop_tokens, max_new))
+        self.settle(state, first)
         with self.on_mesh():
             return program(params, state, first, active, row_ids, seed, stop_tokens, max_new, out_len, sampling)
 

@@ -55,13 +55,13 @@ ONE_ROW_TENSOR_PARALLEL_OPTIONS = {"xla_gpu_experimental_enable_nccl_symmetric_b
 # with only its all-reduces captured. With NCCL_GRAPH_MIXING_SUPPORT=0 in the environment (the user's
 # choice, before NCCL starts) NCCL requires instead that no uncaptured NCCL call is issued while a
 # graph launch holding NCCL calls is unfinished ("stream ordering is not sufficient"), so chimera then
-# captures every collective (CAPTURE_ALL_COLLECTIVES) and the loop is one graph. Each decode call then
-# costs ~32 ms beside its steps (llama-3-8b tensor=2, against ~9): XLA updates that graph per call.
-# On 2 H200s (BENCHMARKS.md, session 9), per step over 127 new tokens: llama-3-8b tensor=2 batch 1
-# 3.08 -> 3.00 ms (2.997 -> 2.679 between calls), batch 16 3.55 -> 3.50; Mixtral (8 layers) over
-# expert=2, 63 new tokens: batch 1 4.09 -> 4.15, batch 16 3.77 -> 3.97. It stays the user's choice:
-# XLA runs the first execution of each command buffer uncaptured (a warm-up), which NCCL's condition
-# does not allow for if another graph is still running; that was not seen to fail, nor excluded.
+# captures every collective (CAPTURE_ALL_COLLECTIVES) and the loop is one graph. On 2 H200s
+# (BENCHMARKS.md, session 10; one lease, runs alternated), per step over 127 new tokens: llama-3-8b
+# tensor=2 batch 1 3.06 -> 2.83 ms, batch 16 3.53 -> 3.30; Mixtral (8 layers) over expert=2, 63 new
+# tokens: batch 1 4.04 -> 3.66, batch 16 3.71 -> 3.76; another lease showed no gain. It stays the
+# user's choice: XLA runs the first execution of each command buffer uncaptured (a warm-up), which
+# NCCL's condition does not allow for while another graph runs. The Engine waits for each program's
+# inputs first when the variable is set (`Engine.settle`); programs of the user's own are not covered.
 CAPTURE_ALL_COLLECTIVES = {"xla_gpu_enable_collectives_command_buffer_filter": "ALLCOLLECTIVES"}
 
 # jaxlibs whose XLA was seen to accept every option (on the GPU machines, session 7): not asked again

@@ -235,3 +235,23 @@ def test_compiler_options_reach_the_decode_program(setup, expected):
         bad.generate(PROMPTS, max_new_tokens=MAX_NEW)
     with pytest.raises(ValueError, match="compiler_options"):
         chimera.Engine(model, params, compiler_options="xla_gpu_graph_min_graph_size=1")
+
+
+@pytest.mark.parametrize("mixing", ["0", "1", None])
+def test_engine_waits_for_its_inputs_when_nccl_graph_mixing_is_off(setup, expected, monkeypatch, mixing):
+    """With NCCL_GRAPH_MIXING_SUPPORT=0 an Engine on a mesh waits for each program's state before
+    calling it (no graph of its own runs when XLA's uncaptured first call does); otherwise it does
+    not wait. Tokens are the same either way."""
+    model, params, _ = setup
+    if mixing is None:
+        monkeypatch.delenv("NCCL_GRAPH_MIXING_SUPPORT", raising=False)
+    else:
+        monkeypatch.setenv("NCCL_GRAPH_MIXING_SUPPORT", mixing)
+    waited = []
+    block_until_ready = jax.block_until_ready
+    monkeypatch.setattr(jax, "block_until_ready", lambda x: waited.append(x) or block_until_ready(x))
+    mesh = chimera.make_mesh(data=1, expert=1, tensor=1, devices=jax.devices()[:1])
+    engine = chimera.Engine(model, params, max_batch=MAX_BATCH, max_len=MAX_LEN, mesh=mesh)
+    assert_greedy(engine.generate(PROMPTS, max_new_tokens=MAX_NEW), expected)
+    states = [x[0] for x in waited if isinstance(x, tuple) and isinstance(x[0], chimera.DecodeState)]
+    assert len(states) == (2 if mixing == "0" else 0)  # one prefill chunk, then the decode loop
