@@ -28,19 +28,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import jax
 import jax.numpy as jnp
 
 import chimera
 from chimera.runtime import gpu_options
-from chimera.runtime.cli import int_list, mesh_sizes
+from chimera.runtime.cli import int_list
 from chimera.runtime.linear import linear
 from chimera.runtime.model import build
 from chimera.sharding.init import draw_params
 from matvec_kernel import replace_linear, use_one_row_kernel
-from timing import decode_ms_per_step, marginal_ms_per_step
+from timing import add_layout_arguments, decode_ms_per_step, layouts, marginal_ms_per_step
 
 
 def multiply_one_row_plainly():
@@ -57,15 +56,8 @@ def zero_row_below(elements: int):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--mesh", type=mesh_sizes, help="also run on this mesh of the first devices")
-    parser.add_argument("--no-single", action="store_true", help="skip the one-device runs")
-    parser.add_argument("--batch", type=int, default=1)
+    add_layout_arguments(parser)
     parser.add_argument("--chunks", type=int_list, default=[1, 8])
-    parser.add_argument("--gens", type=int_list, default=[32, 160])
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--one-row-plain", action="store_true", help="no zero row for one-row products")
     parser.add_argument("--one-row-kernel", action="store_true",
                         help="one-row products by the Pallas matvec (benchmarks/matvec_kernel.py; one device)")
@@ -73,7 +65,6 @@ def main():
                         help="the zero row only for weights of fewer than N elements")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="one of chimera's GPU decode options, changed for this run")
-    parser.add_argument("--json")
     args = parser.parse_args()
     for option in args.option:
         name, _, value = option.partition("=")
@@ -86,12 +77,8 @@ def main():
         zero_row_below(int(args.zero_row_below))
     config = chimera.load_config(args.config).replace(dtype=args.dtype)
     model = build(config)
-    layouts = [] if args.no_single else [None]
-    if args.mesh:
-        devices = jax.devices()[:math.prod(args.mesh.values())]
-        layouts.append(chimera.make_mesh(**args.mesh, devices=devices))
     rows = []
-    for mesh in layouts:
+    for mesh in layouts(args):
         params = draw_params(model, jax.random.key(0), mesh)
         for chunk in args.chunks:
             ms = decode_ms_per_step(config, params, args.gens, args.repeats, batch=args.batch,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -30,12 +29,11 @@ import jax
 import numpy as np
 
 import chimera
-from chimera.runtime.cli import int_list, mesh_sizes
 from chimera.runtime.engine import STOP_SLOTS, Engine, bucket
 from chimera.runtime.model import build
 from chimera.runtime.sampling import Sampling
 from chimera.sharding.init import draw_params
-from timing import marginal_ms_per_step
+from timing import add_layout_arguments, layouts, marginal_ms_per_step
 
 MODES = ("keep", "fresh", "pinned")
 
@@ -80,27 +78,16 @@ def time_calls(engine: Engine, config, batch: int, prompt_len: int, gen: int, re
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--mesh", type=mesh_sizes, help="also run on this mesh of the first devices")
-    parser.add_argument("--no-single", action="store_true", help="skip the one-device runs")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--gens", type=int_list, default=[32, 160])
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_layout_arguments(parser)
     parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--json")
     args = parser.parse_args()
     modes = args.modes.split(",")
     if not set(modes) <= set(MODES):
         parser.error(f"--modes must name some of {MODES}, got {args.modes}")
     config = chimera.load_config(args.config).replace(dtype=args.dtype)
     model = build(config)
-    layouts = [] if args.no_single else [None]
-    if args.mesh:
-        layouts.append(chimera.make_mesh(**args.mesh, devices=jax.devices()[:math.prod(args.mesh.values())]))
     rows = []
-    for mesh in layouts:
+    for mesh in layouts(args):
         params = draw_params(model, jax.random.key(0), mesh)
         engine = Engine(model, params, max_batch=args.batch, max_len=args.prompt_len + max(args.gens), mesh=mesh)
         for mode in modes:

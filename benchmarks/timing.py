@@ -3,12 +3,15 @@ this folder on the import path)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
 import jax
 
+import chimera
 from chimera.runtime import bench
+from chimera.runtime.cli import int_list, mesh_sizes
 
 
 def median_seconds(fn, args, warmup: int = 1, repeats: int = 20) -> float:
@@ -38,3 +41,25 @@ def decode_ms_per_step(config, params, gens, repeats: int, batch: int = 1, promp
     """bench's ms per decode step for each generation length in `gens` (`marginal_ms_per_step`'s input)."""
     return {gen: bench.bench_batch(config, params, batch, prompt_len, gen, repeats, mesh=mesh,
                                    decode_chunk=decode_chunk).decode_ms_per_step for gen in gens}
+
+
+def add_layout_arguments(parser):
+    """The arguments of the scripts that time a config's decode calls on one device and a mesh."""
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--mesh", type=mesh_sizes, help="also run on this mesh of the first devices")
+    parser.add_argument("--no-single", action="store_true", help="skip the one-device runs")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--gens", type=int_list, default=[32, 160])
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--json")
+
+
+def layouts(args) -> list:
+    """What `add_layout_arguments` asked to time on: None (one device) unless --no-single, then the
+    --mesh over the first devices."""
+    meshes = [] if args.no_single else [None]
+    if args.mesh:
+        meshes.append(chimera.make_mesh(**args.mesh, devices=jax.devices()[:math.prod(args.mesh.values())]))
+    return meshes
