@@ -770,6 +770,13 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
         | grep -vE "^[IW]0000|^WARNING" | tail -3 | cut -c1-170; save
     done
     ;;
+  x2-settle-h)  # 2 GPUs (session 10): with NCCL_GRAPH_MIXING_SUPPORT=0 the Engine now waits for each program's inputs before
+                # calling it (Engine.settle); sharded == one GPU under the CLI's flags with the variable set, as x2-final-g checked
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    export NCCL_GRAPH_MIXING_SUPPORT=0
+    opts=$(chimera_xla_flags); echo "XLA_FLAGS: $opts"
+    equality_under_cli_flags
+    ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
     for flags in "" "--xla_gpu_disable_async_collectives=ALLREDUCE" "--xla_gpu_experimental_enable_nccl_symmetric_buffers=true" \
