@@ -70,7 +70,7 @@ def time_calls(engine: Engine, config, batch: int, prompt_len: int, gen: int, re
         if int(np.min(np.asarray(out[1]))) != gen:
             raise RuntimeError(f"decode produced {out[1]} tokens, expected {gen}")
         if mode == "keep":
-            kept = out  # alive through the next call, as in bench's loop
+            kept = out  # alive through the next call, as bench kept it before session 10
         del state, first, out, inputs
     del kept, pinned
     return statistics.median(seconds)

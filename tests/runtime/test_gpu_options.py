@@ -108,6 +108,13 @@ def test_cuda_plugin_installed(monkeypatch):
         assert gpu_options.cuda_plugin_installed() == installed, names
 
 
+def process_options_settable(monkeypatch):
+    from jax._src import xla_bridge
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setattr(gpu_options, "cuda_plugin_installed", lambda: True)
+    monkeypatch.setattr(gpu_options, "jax_knows_options", lambda: True)
+
+
 def test_set_xla_flags_appends_and_keeps_the_users(monkeypatch):
     process_options_settable(monkeypatch)
     environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_gpu_graph_min_graph_size=5"}
@@ -118,13 +125,6 @@ def test_set_xla_flags_appends_and_keeps_the_users(monkeypatch):
     assert "--xla_gpu_enable_collectives_command_buffer_filter=ALLREDUCE" in flags
     assert sum(flag.startswith("--xla_gpu_graph_min_graph_size") for flag in flags) == 1  # the user's stays
     assert len(flags) == 2 + len(GPU_DECODE_OPTIONS) - 1
-
-
-def process_options_settable(monkeypatch):
-    from jax._src import xla_bridge
-    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
-    monkeypatch.setattr(gpu_options, "cuda_plugin_installed", lambda: True)
-    monkeypatch.setattr(gpu_options, "jax_knows_options", lambda: True)
 
 
 @pytest.mark.parametrize("mixing, captured", [(None, "ALLREDUCE"), ("1", "ALLREDUCE"), ("0", "ALLCOLLECTIVES")])
