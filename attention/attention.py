@@ -21,6 +21,7 @@ from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies,
 from chimera.runtime.linear import linear
 from chimera.runtime.norm import rms_norm
 from chimera.runtime.protocol import Context, register_mixer
+from chimera.sharding.all_reduce import row_parallel_linear
 from chimera.sharding.rules import mesh_axes_for, partition_spec
 
 
@@ -282,7 +283,7 @@ class Attention:
 
     def output(self, params, attn):
         """attn [B, T, H, Dh] -> [B, T, D]."""
-        y = linear("bthk,hkd->btd", attn, params["wo"])
+        y = row_parallel_linear("bthk,hkd->btd", attn, params["wo"], split="h")  # heads over `tensor`
         return y + params["bo"] if self.out_bias else y
 
     def __call__(self, params, x, state, ctx: Context):

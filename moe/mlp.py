@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from chimera.architectures.config import require_positive
 from chimera.runtime.linear import linear
 from chimera.runtime.protocol import Context, register_ffn
+from chimera.sharding.all_reduce import row_parallel_linear
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -56,5 +57,6 @@ class GatedMLP:
         up = linear("btd,df->btf", x, params["w_up"])  # [B, T, F]
         if self.bias:
             gate, up = gate + params["b_gate"], up + params["b_up"]
-        y = linear("btf,fd->btd", ACTIVATIONS[self.activation](gate) * up, params["w_down"])  # [B, T, D]
+        hidden = ACTIVATIONS[self.activation](gate) * up  # [B, T, F], F over `tensor`
+        y = row_parallel_linear("btf,fd->btd", hidden, params["w_down"], split="f")  # [B, T, D]
         return y + params["b_down"] if self.bias else y

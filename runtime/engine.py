@@ -17,7 +17,9 @@ With a mesh (`Engine(mesh=chimera.make_mesh(...))`) the params and the decode st
 out by the blocks' logical axes (sharding/rules.py: heads, MLP hidden, SSM channels over
 `tensor`, experts over `expert`, sequences over `data` x `expert`); the programs are jitted
 with those in/out shardings and traced under the mesh, and the batch is padded to a
-multiple of the mesh's batch shards. The results equal the single-device ones.
+multiple of the mesh's batch shards. The results equal the single-device ones. On GPUs split over
+`tensor` alone the programs sum the tensor-parallel products with chimera's all-reduce kernel
+(sharding/all_reduce.py), prepared when the Engine is made.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from chimera.runtime.gpu_options import decode_compiler_options, nccl_graph_mixi
 from chimera.runtime.model import Model
 from chimera.runtime.sampling import Sampling, sample
 from chimera.runtime.state import DecodeState
+from chimera.sharding import all_reduce
 from chimera.sharding.placement import fetch, place, place_array
 from chimera.sharding.shardings import batch_shards, batch_sharding, param_shardings, replicated, state_shardings
 
@@ -87,6 +90,8 @@ class Engine:
         self._programs: dict[tuple[int, int], Programs] = {}
         # With a mesh each leaf is split by its block's logical axes (sharding/rules.py).
         self.param_shardings = None if mesh is None else param_shardings(model, mesh)
+        # tensor-parallel sums by chimera's kernel where it runs (sharding/all_reduce.py)
+        self.all_reduce_ready = mesh is not None and all_reduce.prepare_if_wanted(mesh)
         self.params = params if mesh is None else place(params, self.param_shardings)
 
     # --- device programs ---
@@ -127,7 +132,13 @@ class Engine:
 
     def on_mesh(self):
         """The context the programs run (and are traced) in."""
-        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+        if self.mesh is None:
+            return contextlib.nullcontext()
+        context = contextlib.ExitStack()
+        context.enter_context(jax.set_mesh(self.mesh))
+        if self.all_reduce_ready:
+            context.enter_context(all_reduce.summing_on(self.mesh))
+        return context
 
     def put(self, x, per_row: bool):
         """A host input laid out for the mesh: split over the batch (per_row) or replicated."""

@@ -62,6 +62,8 @@ ONE_ROW_TENSOR_PARALLEL_OPTIONS = {"xla_gpu_experimental_enable_nccl_symmetric_b
 # user's choice: XLA runs the first execution of each command buffer uncaptured (a warm-up), which
 # NCCL's condition does not allow for while another graph runs. The Engine waits for each program's
 # inputs first when the variable is set (`Engine.settle`); programs of the user's own are not covered.
+# A mesh split over `tensor` alone no longer needs it: chimera's all-reduce (sharding/all_reduce.py)
+# leaves no NCCL call in such a decode loop, which XLA then captures whole under NCCL's default.
 CAPTURE_ALL_COLLECTIVES = {"xla_gpu_enable_collectives_command_buffer_filter": "ALLCOLLECTIVES"}
 
 # jaxlibs whose XLA was seen to accept every option (on the GPU machines, session 7): not asked again

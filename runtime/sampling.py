@@ -7,6 +7,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from chimera.sharding.argmax import argmax
+
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
@@ -53,6 +55,6 @@ def filter_logits(logits: jax.Array, sampling: Sampling) -> jax.Array:
 def sample(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> jax.Array:
     """logits [B, V], keys [B] (one PRNG key per row) -> token ids [B] int32."""
     if sampling.temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return argmax(logits)  # jnp.argmax, without NCCL on a GPU mesh (sharding/argmax.py)
     filtered = filter_logits(logits.astype(jnp.float32), sampling)
     return jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from chimera.sharding import all_reduce
 from chimera.sharding.rules import partition_spec
 
 TABLE_AXES = ("vocab", "embed")
@@ -35,7 +36,7 @@ def lookup(table, tokens):
         local = tokens - jax.lax.axis_index(vocab_axes) * n_rows
         mine = (local >= 0) & (local < n_rows)  # [b, T]
         rows = jnp.where(mine[..., None], table[jnp.where(mine, local, 0)], 0)  # [b, T, D]
-        return jax.lax.psum(rows, vocab_axes)
+        return all_reduce.psum(rows, vocab_axes)  # chimera's kernel on GPU meshes it serves
 
     return jax.shard_map(local_rows, mesh=mesh, in_specs=(table_spec, token_spec),
                          out_specs=PartitionSpec(*token_spec, None))(table, tokens)

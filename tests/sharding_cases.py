@@ -28,3 +28,8 @@ def random_params(model, seed=0):
 def greedy_tokens(model, params, mesh=None):
     engine = chimera.Engine(model, params, max_batch=len(PROMPTS), max_len=MAX_LEN, mesh=mesh)
     return [out.tokens for out in engine.generate(PROMPTS, max_new_tokens=NEW_TOKENS)]
+
+
+def tensor_mesh(tensor):
+    """A mesh split over `tensor` alone, of the first devices."""
+    return chimera.make_mesh(tensor=tensor, devices=jax.devices()[:tensor])
