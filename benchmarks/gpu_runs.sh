@@ -16,18 +16,31 @@ chimera_xla_flags() {
 # every tiny preset on tensor=2 and expert=2 (does every program instantiate its CUDA graphs under these options?)
 equality_under_cli_flags() {  # with $opts if set, else the CLI's own
   opts=${opts:-$(chimera_xla_flags)}
-  E="python3 benchmarks/sharded_equality.py --dtype float32"
-  if [ "${1:-}" != tiny-only ]; then
-    sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml
-    XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 $E --config $R/llama-3-8b-8layers.yaml \
-      --mesh tensor=2 --prompts 5,40 --new-tokens 16 --json $R/equality-llama-3-8b-8layers.json > $R/equality-8b.log 2>&1
-    echo "exit $?"; grep '"identical"' $R/equality-8b.log | tail -n 1; save
-  fi
+  [ "${1:-}" != tiny-only ] && equality_8layers
   tiny=$(ls configs/*-tiny.yaml | xargs -n1 basename | sed 's/.yaml$//' | paste -sd,)
   # one prompt: one-row programs, which on tensor=2 take ONE_ROW_TENSOR_PARALLEL_OPTIONS
-  XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 300 $E --config $tiny --mesh tensor=2 --mesh expert=2 \
-    --prompts 17 --new-tokens 12 --json $R/equality-tiny.json > $R/equality-tiny.log 2>&1
+  XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 300 python3 benchmarks/sharded_equality.py --dtype float32 \
+    --config $tiny --mesh tensor=2 --mesh expert=2 --prompts 17 --new-tokens 12 --json $R/equality-tiny.json > $R/equality-tiny.log 2>&1
   echo "exit $?"; grep -E '^ "config"|"error"|^ "identical"' $R/equality-tiny.log | cut -c1-300; save
+}
+# llama-3-8b cut to 8 layers (every layer is alike), as $R/llama-3-8b-8layers.yaml
+llama_8layers() { sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml; }
+# sharded == one GPU: llama-3-8b with 8 layers on tensor=2, float32, under $opts (else the CLI's flags)
+equality_8layers() {
+  opts=${opts:-$(chimera_xla_flags)}; llama_8layers
+  XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 python3 benchmarks/sharded_equality.py --dtype float32 \
+    --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --prompts 5,40 --new-tokens 16 \
+    --json $R/equality-llama-3-8b-8layers.json > $R/equality-8b.log 2>&1
+  echo "exit $?"; grep -E '"identical"|rror' $R/equality-8b.log | tail -n 3 | cut -c1-300; save
+}
+# llama-3-8b (8 layers) tensor=2 batch 1 profiled with its graphs kept, under the CLI's flags: profile_8layers NAME TOP
+profile_8layers() {
+  llama_8layers
+  XLA_FLAGS="$(chimera_xla_flags) --xla_enable_command_buffers_during_profiling=true" timeout 120 python3 \
+    benchmarks/profile_decode.py --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --batch 1 --gen 16 --top $2 \
+    --out $R/profile-$1 > $R/profile-$1.log 2>&1
+  echo "== profile $1 exit $?"; grep -c chimera_all_reduce $R/profile-$1/decode.hlo.txt; rm -rf $R/profile-$1/trace
+  sed -n 3,$(( $2 + 6 ))p $R/profile-$1/summary.txt | cut -c1-150; grep -A3 "^collectives\|^idle per device" $R/profile-$1/summary.txt; save
 }
 case "${1:-chimera}" in
   chimera)
@@ -776,6 +789,71 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     export NCCL_GRAPH_MIXING_SUPPORT=0
     opts=$(chimera_xla_flags); echo "XLA_FLAGS: $opts"
     equality_under_cli_flags
+    ;;
+  x2-allreduce-i)  # 2 GPUs (session 11): chimera's all-reduce kernel (sharding/all_reduce.cu): built, equal to psum, its time
+                   # in a chain of sums against XLA's (NCCL); sharded == one GPU with it; llama-3-8b tensor=2 with and without it
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    echo "== build"; ( time timeout 180 python3 -c "from chimera.sharding import all_reduce; print(all_reduce.build())" ) 2>&1 | tail -5
+    echo "== chain"; timeout 150 python3 benchmarks/all_reduce.py --json $R/all_reduce.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -12; save
+    echo "== equality"; equality_8layers
+    B="python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --mesh tensor=2"
+    for run in chimera-a:chimera xla-a:xla; do
+      echo "== ${run%:*}"; CHIMERA_ALL_REDUCE=${run#*:} timeout 110 $B --batch 1 --json $R/tensor2-${run%:*}.json 2>&1 \
+        | grep -vE "^[IW]0000|^WARNING" | tail -3 | cut -c1-170; save
+    done
+    ;;
+  x2-profile-i)  # 2 GPUs (session 11): llama-3-8b (8 layers) tensor=2 batch 1 profiled with chimera's all-reduce and with XLA's
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    for v in chimera xla; do CHIMERA_ALL_REDUCE=$v profile_8layers $v 30; done
+    ;;
+  x2-ll-i | x2-pdl-i)  # 2 GPUs (session 11): the kernel with NCCL's LL flags in its lines (no fence), then (x2-pdl-i) launched as a
+                       # programmatic dependent: chain (bits against psum), profile, llama-3-8b tensor=2 with it and with XLA's
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    echo "== chain"; timeout 150 python3 benchmarks/all_reduce.py --rows 1,16 --repeats 30 --json $R/all_reduce.json 2>&1 \
+      | grep -vE "^[IW]0000|^WARNING" | tail -12; save
+    profile_8layers chimera 12
+    [ $1 = x2-pdl-i ] && { echo "== equality"; equality_8layers; }
+    B="python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --mesh tensor=2"
+    for run in chimera-a:chimera xla-a:xla chimera-b:chimera; do
+      [ $1 = x2-pdl-i ] && [ ${run%:*} = chimera-b ] && continue
+      echo "== ${run%:*}"; CHIMERA_ALL_REDUCE=${run#*:} timeout 110 $B --batch 1 --json $R/tensor2-${run%:*}.json 2>&1 \
+        | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
+  x2-nonccl-i | x2-final-i)  # 2 GPUs (session 11): embedding sum and greedy argmax through the kernel too, so a tensor=2 decode
+                             # loop holds no NCCL call: its profile and sharded == one GPU (x2-nonccl-i), then llama-3-8b tensor=2
+                             # with chimera's all-reduce and with XLA's against one GPU, alternated in one lease
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    [ $1 = x2-nonccl-i ] && { profile_8layers chimera 12; echo "== equality"; equality_8layers; }
+    B="python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3"
+    bench() {  # name, seconds, batches, environment, bench words
+      echo "== $1"; env $4 timeout $2 $B --batch $3 $5 --json $R/$1.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -3 | cut -c1-170; save
+    }
+    if [ $1 = x2-nonccl-i ]; then
+      bench 1gpu-a 70 1 "" ""
+      bench tensor2-chimera-a 90 1,16 CHIMERA_ALL_REDUCE=chimera "--mesh tensor=2"
+      bench tensor2-xla-a 70 1 CHIMERA_ALL_REDUCE=xla "--mesh tensor=2"
+      bench tensor2-chimera-mixingoff-a 70 1 NCCL_GRAPH_MIXING_SUPPORT=0 "--mesh tensor=2"
+      bench tensor2-chimera-b 70 1 CHIMERA_ALL_REDUCE=chimera "--mesh tensor=2"
+    else
+      bench 1gpu-a 80 1,16 "" ""
+      bench tensor2-chimera-a 80 1,16 CHIMERA_ALL_REDUCE=chimera "--mesh tensor=2"
+      bench tensor2-xla-a 80 1,16 CHIMERA_ALL_REDUCE=xla "--mesh tensor=2"
+      bench tensor2-chimera-b 70 1 CHIMERA_ALL_REDUCE=chimera "--mesh tensor=2"
+      bench tensor2-xla-b 70 1 CHIMERA_ALL_REDUCE=xla "--mesh tensor=2"
+    fi
+    bench 1gpu-b 70 1 "" ""
+    ;;
+  x2-tiny-i)  # 2 GPUs (session 11): every tiny preset on tensor=2 (chimera's all-reduce) and expert=2 == one GPU, CLI's flags
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    equality_under_cli_flags tiny-only
+    ;;
+  x2-check-i)  # 2 GPUs (session 11): the kernel as committed (its add/pack helpers templated after the runs above): bits
+               # against psum, sharded == one GPU (llama-3-8b with 8 layers on tensor=2)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    echo "== chain"; timeout 120 python3 benchmarks/all_reduce.py --rows 1,16 --repeats 20 --json $R/all_reduce.json 2>&1 \
+      | grep -vE "^[IW]0000|^WARNING" | tail -10; save
+    equality_8layers
     ;;
   tp-collectives)  # 2 GPUs: per-all-reduce latency under the collective settings not tried yet, then llama-3-8b
                    # tensor=2 batch 1 under each (NCCL multicast stays off: NCCL_NVLS_ENABLE=0 is kept)
