@@ -42,6 +42,11 @@ TARGET = "chimera_all_reduce"
 MAX_BYTES = 256 * 1024  # a device's output, at most (all_reduce.cu's kSlotBytes)
 MAX_RANKS = 8  # devices a group, at most (kMaxRanks)
 
+# Machine code for Ampere and Hopper, and Hopper's PTX for newer GPUs to compile at load: one cached
+# library serves every GPU a shared home directory may meet.
+ARCHITECTURES = ("-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+                 "-gencode=arch=compute_90,code=compute_90")
+
 _prepared: set[int] = set()  # CUDA ordinals whose workspace exists
 _summing_on: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("summing_on", default=None)
 
@@ -62,17 +67,18 @@ def find_nvcc() -> str:
 
 
 def build() -> pathlib.Path:
-    """The shared library, compiled from all_reduce.cu for this machine's GPUs unless the cache has it."""
+    """The shared library, compiled from all_reduce.cu (for ARCHITECTURES) unless the cache has it."""
     nvcc = find_nvcc()
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + importlib.metadata.version("jaxlib").encode() + nvcc.encode()).hexdigest()[:16]
+    words = " ".join([importlib.metadata.version("jaxlib"), nvcc, *ARCHITECTURES]).encode()
+    key = hashlib.sha256(source + words).hexdigest()[:16]
     library = cache_dir() / f"all_reduce-{key}.so"
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
         built = pathlib.Path(scratch) / library.name
-        command = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-arch=native",
+        command = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", *ARCHITECTURES,
                    "-diag-suppress", "940,2473", "-I", jax.ffi.include_dir(), str(SOURCE), "-o", str(built)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode:
