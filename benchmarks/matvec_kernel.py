@@ -144,11 +144,13 @@ def one_row_kernel_linear(spec: str, x, w, rule: tuple = RULES[0]):
 
 
 def replace_linear(product):
-    """An experiment's substitute for `runtime.linear.linear`, where the blocks imported it."""
+    """An experiment's substitute for `runtime.linear.linear`, where the blocks imported it (and where
+    `sharding.all_reduce.row_parallel_linear`, which makes their output projections, did)."""
     import chimera.attention.attention
     import chimera.attention.mla
     import chimera.moe.mlp
-    for module in (chimera.attention.attention, chimera.attention.mla, chimera.moe.mlp):
+    import chimera.sharding.all_reduce
+    for module in (chimera.attention.attention, chimera.attention.mla, chimera.moe.mlp, chimera.sharding.all_reduce):
         module.linear = product
 
 

@@ -13,6 +13,7 @@ import chimera
 import chimera.attention.attention
 import chimera.attention.mla
 import chimera.moe.mlp
+import chimera.sharding.all_reduce
 from chimera.runtime.engine import Engine
 
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
@@ -21,7 +22,7 @@ BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
 @pytest.fixture
 def scripts(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    for module in (chimera.attention.attention, chimera.attention.mla, chimera.moe.mlp):
+    for module in (chimera.attention.attention, chimera.attention.mla, chimera.moe.mlp, chimera.sharding.all_reduce):
         monkeypatch.setattr(module, "linear", module.linear)  # zero_row_below replaces it
     return importlib.import_module("per_call"), importlib.import_module("decode_loop")
 
@@ -45,7 +46,7 @@ def test_zero_row_below_pads_only_small_weights(scripts, monkeypatch):
     monkeypatch.setattr(decode_loop, "linear", lambda spec, x, w: padded.append(w.size) or linear(spec, x, w))
     decode_loop.zero_row_below(100)
     product = chimera.moe.mlp.linear
-    assert product is chimera.attention.attention.linear is chimera.attention.mla.linear
+    assert product is chimera.attention.attention.linear is chimera.attention.mla.linear is chimera.sharding.all_reduce.linear
     x = jax.random.normal(jax.random.key(1), (1, 1, 8))
     for w in (jax.random.normal(jax.random.key(2), (8, 4)), jax.random.normal(jax.random.key(3), (8, 16))):
         np.testing.assert_allclose(product("btd,df->btf", x, w), jnp.einsum("btd,df->btf", x, w), rtol=1e-6)
