@@ -16,7 +16,8 @@
 // the same calls in the same order, as the ranks of one SPMD program do, and calls must not run
 // concurrently on a device (the decode step's sums are a chain: each feeds the next).
 #include <cstdint>
-#include <cstring>
+#include <cstdio>
+#include <string>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

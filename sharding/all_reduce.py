@@ -155,6 +155,12 @@ def mesh_takes(mesh) -> bool:
     return mesh.shape["tensor"] > 1 and mesh.shape["data"] * mesh.shape["expert"] == 1 and prepared(mesh)
 
 
+def opens_shard_map(mesh) -> bool:
+    """Whether a product traced now may open a shard_map over `mesh` whose sums go to the kernel: the
+    mesh `mesh_takes`, and this is traced under it (not already inside a shard_map of it)."""
+    return mesh is not None and mesh.abstract_mesh == jax.sharding.get_abstract_mesh() and mesh_takes(mesh)
+
+
 def size_takes(shape, dtype) -> bool:
     """Whether the kernel takes a device's sum of this shape and dtype (its buffers, 16-byte lines)."""
     n_bytes = math.prod(shape) * np.dtype(dtype).itemsize
@@ -164,7 +170,7 @@ def size_takes(shape, dtype) -> bool:
 def applies(mesh, spec: str, x, w, split: str) -> bool:
     """Whether `row_parallel_linear` takes the kernel: traced under `mesh` (`summing_on`), which it
     `mesh_takes`, `split` divided by `tensor`, and an output the kernel `size_takes`."""
-    if mesh is None or mesh.abstract_mesh != jax.sharding.get_abstract_mesh() or not mesh_takes(mesh):
+    if not opens_shard_map(mesh):
         return False
     x_letters = spec.split("->")[0].split(",")[0]
     if x.shape[x_letters.index(split)] % mesh.shape["tensor"]:

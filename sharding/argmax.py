@@ -23,8 +23,7 @@ def argmax(logits: jax.Array) -> jax.Array:
     (a NaN counts as largest). Through the kernel on a mesh traced `summing_on` that it serves."""
     mesh = all_reduce.active_mesh()
     batch, vocab = logits.shape
-    if (not all_reduce.mesh_takes(mesh) or mesh.abstract_mesh != jax.sharding.get_abstract_mesh()
-            or vocab % mesh.shape["tensor"] or vocab >= EXACT_INDICES
+    if (not all_reduce.opens_shard_map(mesh) or vocab % mesh.shape["tensor"] or vocab >= EXACT_INDICES
             or not all_reduce.size_takes((mesh.shape["tensor"], batch, 2), jnp.float32)):
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     n_ranks = mesh.shape["tensor"]
