@@ -21,7 +21,7 @@ from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies,
 from chimera.runtime.linear import linear
 from chimera.runtime.norm import rms_norm
 from chimera.runtime.protocol import Context, register_mixer
-from chimera.sharding.all_reduce import row_parallel_linear
+from chimera.sharding.residual import finished, row_parallel_output
 from chimera.sharding.rules import mesh_axes_for, partition_spec
 
 
@@ -282,9 +282,9 @@ class Attention:
         return jnp.where(ctx.valid[:, :, None, None], out, 0).astype(v.dtype)
 
     def output(self, params, attn):
-        """attn [B, T, H, Dh] -> [B, T, D]."""
-        y = row_parallel_linear("bthk,hkd->btd", attn, params["wo"], split="h")  # heads over `tensor`
-        return y + params["bo"] if self.out_bias else y
+        """attn [B, T, H, Dh] -> [B, T, D] (maybe `Unreduced` over `tensor`: sharding/residual.py)."""
+        y = row_parallel_output("bthk,hkd->btd", attn, params["wo"], split="h")  # heads over `tensor`
+        return finished(y) + params["bo"] if self.out_bias else y
 
     def __call__(self, params, x, state, ctx: Context):
         q, k, v = self.project(params, x, ctx)

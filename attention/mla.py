@@ -33,7 +33,7 @@ from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies,
 from chimera.runtime.linear import linear
 from chimera.runtime.norm import rms_norm
 from chimera.runtime.protocol import Context, register_mixer
-from chimera.sharding.all_reduce import row_parallel_linear
+from chimera.sharding.residual import row_parallel_output
 
 
 @register_mixer("mla")
@@ -199,4 +199,4 @@ class MLA:
         mask = slots[None, None, :] <= ctx.positions[:, :, None]  # [B, T, S]
         attend = self.attend_absorbed if self.absorbs(x.shape[1], slots.shape[0]) else self.attend_naive
         out = attend(params, q_nope, q_rope, state["latent"], state["k_rope"], mask)  # [B, T, H, dv]
-        return row_parallel_linear("bthv,hvd->btd", out, params["wo"], split="h"), state  # heads over `tensor`
+        return row_parallel_output("bthv,hvd->btd", out, params["wo"], split="h"), state  # heads over `tensor`

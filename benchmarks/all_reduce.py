@@ -4,9 +4,13 @@ the time of a chain of dependent sums inside one jitted program (as a decode ste
     python benchmarks/all_reduce.py [--devices 2] [--width 4096] [--chain 64] [--rows 1,16]
 
 Checks first that the kernel's sum equals `lax.psum`'s bit for bit (float32 and bfloat16, random
-partial sums, many calls in a row so the epochs advance), then times per call: a shard_map whose
-body sums its partial `--chain` times, each sum scaled and fed to the next, compiled with the
-options a one-row tensor-parallel decode program gets, under the CLI's XLA_FLAGS.
+partial sums, many calls in a row so the epochs advance), and that the fused kernel
+(sharding/residual.py: the sum, the residual add and the RMS norm) gives the residual XLA's sum and
+add give, bit for bit, and the norm XLA computes from that residual, up to the order of its sum of
+squares (counted: elements that differ, and by how many units in the last place). Then times per
+call: a shard_map whose body sums its partial `--chain` times, each sum scaled and fed to the next
+(or, for the norms, each normed output the next partial and each residual the next), compiled with
+the options a one-row tensor-parallel decode program gets, under the CLI's XLA_FLAGS.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 import chimera  # noqa: E402
 from chimera.runtime.cli import int_list  # noqa: E402
-from chimera.sharding import all_reduce  # noqa: E402
+from chimera.runtime.norm import rms_norm  # noqa: E402
+from chimera.sharding import all_reduce, residual  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 
@@ -43,6 +48,55 @@ def chain(mesh, length: int, use_kernel: bool, options: dict):
     sharded = jax.shard_map(body, mesh=mesh, in_specs=PartitionSpec("tensor"), out_specs=PartitionSpec("tensor"),
                             check_vma=False)
     return jax.jit(sharded, compiler_options=options or None)
+
+
+EPS = 1e-5
+
+
+def norm_chain(mesh, length: int, fused: bool, options: dict):
+    """A jitted program: (partial [tensor * rows, width], residual [rows, width], weight [width]) ->
+    `length` times (residual, normed) = residual + the partials' sum and its RMS norm, the normed
+    output the next partial; by the fused kernel, or the kernel's sum and XLA's add and norm."""
+    def body(partial, before, weight):
+        for _ in range(length):
+            if fused:
+                before, partial = residual.sum_add_rms_norm(partial, before, weight, EPS, mesh)
+            else:
+                before = before + all_reduce.sum_over_tensor(partial, mesh)
+                partial = rms_norm(before, weight, EPS)
+        return before, partial
+
+    replicated = PartitionSpec()
+    sharded = jax.shard_map(body, mesh=mesh, in_specs=(PartitionSpec("tensor"), replicated, replicated),
+                            out_specs=(replicated, PartitionSpec("tensor")), check_vma=False)
+    return jax.jit(sharded, compiler_options=options or None)
+
+
+def ulps(got, want, dtype) -> int:
+    """The largest distance between got and want in units in the last place of `dtype`."""
+    as_int = {2: np.int16, 4: np.int32}[np.dtype(dtype).itemsize]
+    a, b = (np.asarray(v).astype(dtype).view(as_int).astype(np.int64) for v in (got, want))
+    return int(np.max(np.abs(a - b)))
+
+
+def check_fused(mesh, devices: int, width: int, rng, results: dict):
+    """The fused kernel against the kernel's sum and XLA's add (bits) and XLA's norm of its residual."""
+    split = NamedSharding(mesh, PartitionSpec("tensor"))
+    for dtype in (jnp.float32, jnp.bfloat16):
+        name = jnp.dtype(dtype).name
+        for rows in (1, 16):
+            partial = jax.device_put(rng.standard_normal((devices * rows, width)).astype(dtype), split)
+            before = jnp.asarray(rng.standard_normal((rows, width)), dtype)
+            weight = jnp.asarray(1 + rng.standard_normal(width) / 4, dtype)
+            after, normed = norm_chain(mesh, 1, True, {})(partial, before, weight)
+            after_xla, _ = norm_chain(mesh, 1, False, {})(partial, before, weight)
+            normed_xla = jax.jit(rms_norm, static_argnums=2)(after, weight, EPS)  # from the kernel's residual
+            normed, normed_xla = np.asarray(normed)[:rows], np.asarray(normed_xla)
+            row = {"residual_equal": bool(np.array_equal(np.asarray(after), np.asarray(after_xla))),
+                   "norm_elements_differing": int(np.sum(normed != normed_xla)),
+                   "norm_max_ulps": ulps(normed, normed_xla, dtype)}
+            print(f"fused {name} rows {rows}: {row}", flush=True)
+            results[f"fused_{name}_rows{rows}"] = row
 
 
 def main():
@@ -68,14 +122,23 @@ def main():
         print(f"{jnp.dtype(dtype).name}: kernel == psum bit for bit: {same}", flush=True)
         results[f"equal_{jnp.dtype(dtype).name}"] = same
 
+    check_fused(mesh, args.devices, args.width, rng, results)
+
     options = gpu_options.decode_compiler_options(mesh, batch=1)
+    weight = jnp.ones((args.width,), jnp.bfloat16)
+    programs = {"xla": lambda n: chain(mesh, n, False, options), "chimera": lambda n: chain(mesh, n, True, options),
+                "chimera_then_xla_norm": lambda n: norm_chain(mesh, n, False, options),
+                "fused_norm": lambda n: norm_chain(mesh, n, True, options)}
     for rows in args.rows:
         partial = jax.device_put(rng.standard_normal((args.devices * rows, args.width)).astype(jnp.bfloat16), split)
+        before = jnp.zeros((rows, args.width), jnp.bfloat16)
         row = {}
-        for name, use_kernel in (("xla", False), ("chimera", True), ("xla_again", False), ("chimera_again", True)):
-            empty, full = (chain(mesh, length, use_kernel, options) for length in (0, args.chain))
-            seconds = median_seconds(full, (partial,), warmup=3, repeats=args.repeats)
-            base = median_seconds(empty, (partial,), warmup=3, repeats=args.repeats)
+        for name in ("xla", "chimera", "chimera_then_xla_norm", "fused_norm", "chimera_then_xla_norm", "fused_norm"):
+            inputs = (partial,) if name in ("xla", "chimera") else (partial, before, weight)
+            empty, full = (programs[name](length) for length in (0, args.chain))
+            seconds = median_seconds(full, inputs, warmup=3, repeats=args.repeats)
+            base = median_seconds(empty, inputs, warmup=3, repeats=args.repeats)
+            name = name + "_again" if name in row else name
             row[name] = (seconds - base) / args.chain * 1e6
             print(f"rows {rows} ({rows * args.width * 2} bytes a device), {name}: "
                   f"{row[name]:.2f} µs a sum (chain of {args.chain}: {seconds * 1e3:.3f} ms, none: {base * 1e3:.3f})",

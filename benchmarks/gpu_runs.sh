@@ -39,7 +39,8 @@ profile_8layers() {
   XLA_FLAGS="$(chimera_xla_flags) --xla_enable_command_buffers_during_profiling=true" timeout 120 python3 \
     benchmarks/profile_decode.py --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --batch 1 --gen 16 --top $2 \
     --out $R/profile-$1 > $R/profile-$1.log 2>&1
-  echo "== profile $1 exit $?"; grep -c chimera_all_reduce $R/profile-$1/decode.hlo.txt; rm -rf $R/profile-$1/trace
+  echo "== profile $1 exit $?"; grep -o 'custom_call_target="chimera_[a-z_]*"' $R/profile-$1/decode.hlo.txt | sort | uniq -c
+  rm -rf $R/profile-$1/trace
   sed -n 3,$(( $2 + 6 ))p $R/profile-$1/summary.txt | cut -c1-150; grep -A3 "^collectives\|^idle per device" $R/profile-$1/summary.txt; save
 }
 case "${1:-chimera}" in
@@ -843,6 +844,34 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
       bench tensor2-xla-b 70 1 CHIMERA_ALL_REDUCE=xla "--mesh tensor=2"
     fi
     bench 1gpu-b 70 1 "" ""
+    ;;
+  h100-fused-j)  # 1 GPU (session 12): the fused sum + residual add + RMS norm kernel on a group of one: it builds,
+                 # loads, gives XLA's residual bit for bit and its norm up to the sum of squares' order; chain timings
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    timeout 240 python3 benchmarks/all_reduce.py --devices 1 --rows 1,16 --repeats 10 --chain 32 --json $R/all_reduce.json 2>&1 \
+      | grep -vE "^[IW]0000|^WARNING" | tail -20; save
+    ;;
+  x2-fused-j)  # 2 GPUs (session 12): the fused kernel against XLA (bits, ulps, chain timings), llama-3-8b (8 layers)
+               # tensor=2 == one GPU through it, its profile, every tiny preset on tensor=2 and expert=2 == one GPU
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    echo "== chain"; timeout 150 python3 benchmarks/all_reduce.py --rows 1,16 --repeats 20 --json $R/all_reduce.json 2>&1 \
+      | grep -vE "^[IW]0000|^WARNING" | tail -20; save
+    equality_8layers
+    profile_8layers chimera 16
+    equality_under_cli_flags tiny-only
+    ;;
+  x2-bench-j)  # 2 GPUs (session 12): llama-3-8b tensor=2 (the fused kernel) against XLA's all-reduce and one GPU, alternated
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    B="python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3"
+    bench() {  # name, seconds, batches, environment, bench words
+      echo "== $1"; env $4 timeout $2 $B --batch $3 $5 --json $R/$1.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -3 | cut -c1-170; save
+    }
+    bench 1gpu-a 80 1,16 "" ""
+    bench tensor2-chimera-a 80 1,16 CHIMERA_ALL_REDUCE=chimera "--mesh tensor=2"
+    bench tensor2-xla-a 80 1,16 CHIMERA_ALL_REDUCE=xla "--mesh tensor=2"
+    bench tensor2-chimera-b 70 1 CHIMERA_ALL_REDUCE=chimera "--mesh tensor=2"
+    bench 1gpu-b 70 1 "" ""
+    bench tensor2-chimera-c 70 1 CHIMERA_ALL_REDUCE=chimera "--mesh tensor=2"
     ;;
   x2-tiny-i)  # 2 GPUs (session 11): every tiny preset on tensor=2 (chimera's all-reduce) and expert=2 == one GPU, CLI's flags
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }

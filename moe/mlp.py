@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from chimera.architectures.config import require_positive
 from chimera.runtime.linear import linear
 from chimera.runtime.protocol import Context, register_ffn
-from chimera.sharding.all_reduce import row_parallel_linear
+from chimera.sharding.residual import finished, row_parallel_output
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -58,5 +58,5 @@ class GatedMLP:
         if self.bias:
             gate, up = gate + params["b_gate"], up + params["b_up"]
         hidden = ACTIVATIONS[self.activation](gate) * up  # [B, T, F], F over `tensor`
-        y = row_parallel_linear("btf,fd->btd", hidden, params["w_down"], split="f")  # [B, T, D]
-        return y + params["b_down"] if self.bias else y
+        y = row_parallel_output("btf,fd->btd", hidden, params["w_down"], split="f")  # [B, T, D], maybe Unreduced
+        return finished(y) + params["b_down"] if self.bias else y

@@ -21,6 +21,7 @@ from chimera.moe.dispatch import GroupedMatmul
 from chimera.moe.mlp import GatedMLP
 from chimera.moe.router import Router, RouterKind
 from chimera.runtime.protocol import Context, register_ffn
+from chimera.sharding.residual import finished
 
 EXPERT_WEIGHTS = ("w_gate", "w_up", "w_down")
 
@@ -202,7 +203,7 @@ class MoE:
                                          self.grouped_matmul, mesh, rows_per_expert)
         y = y.reshape(batch, length, d_model)  # [B, T, D]
         if self.n_shared_experts:
-            shared = self.shared_mlp(params["shared"], x, ctx)  # [B, T, D]
+            shared = finished(self.shared_mlp(params["shared"], x, ctx))  # [B, T, D]
             if self.shared_expert_gate:
                 shared = shared * jax.nn.sigmoid(x @ params["shared_gate"])[..., None]
             y = y + shared

@@ -19,6 +19,7 @@ from chimera.runtime.norm import NORMS
 from chimera.runtime.protocol import Context
 from chimera.runtime.state import DecodeState, empty_lengths
 from chimera.sharding.embedding import TABLE_AXES, lookup
+from chimera.sharding.residual import add_rms_norm, finished
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -38,6 +39,15 @@ class Model:
 
     def norm(self, x, weight):
         return NORMS[self.config.norm][0](x, weight, self.config.norm_eps)
+
+    def add_and_norm(self, x, y, weight):
+        """The residual stream x [B, T, D] plus a block's output y, and that normed by `weight` (the
+        next block's input). A y left `Unreduced` over `tensor` is summed, added and RMS-normed in one
+        kernel (sharding/residual.py)."""
+        if self.config.norm == "rmsnorm":
+            return add_rms_norm(x, y, weight, self.config.norm_eps)
+        x = x + finished(y)
+        return x, self.norm(x, weight)
 
     # --- parameters ---
 
@@ -156,26 +166,30 @@ class Model:
         if cfg.embed_norm:
             x = self.norm(x, params["embed_norm"])
         ffn_states = state.ffn_layers or (None,) * len(self.blocks)
+        layers = params["layers"]
+        normed = self.norm(x, layers[0]["mixer_norm"])  # [B, T, D]: each block's input
         new_layer_states, new_ffn_states = [], []
-        for (mixer, ffn), layer, layer_state, ffn_state in zip(self.blocks, params["layers"], state.layers,
-                                                              ffn_states):
-            out = mixer(layer["mixer"], self.norm(x, layer["mixer_norm"]), layer_state, ctx)
+        for i, ((mixer, ffn), layer, layer_state, ffn_state) in enumerate(zip(self.blocks, layers, state.layers,
+                                                                            ffn_states)):
+            out = mixer(layer["mixer"], normed, layer_state, ctx)
             if getattr(mixer, "context_provides", ()):
                 y, layer_state, ctx = out
             else:
                 y, layer_state = out
             if cfg.post_norms:
-                y = self.norm(y, layer["mixer_post_norm"])
-            x = x + y
+                y = self.norm(finished(y), layer["mixer_post_norm"])
             if ffn is not None:
-                normed = self.norm(x, layer["ffn_norm"])
+                x, normed = self.add_and_norm(x, y, layer["ffn_norm"])
                 if is_stateful(ffn):
                     y, ffn_state = ffn(layer["ffn"], normed, ffn_state, ctx)
                 else:
                     y = ffn(layer["ffn"], normed, ctx)
                 if cfg.post_norms:
-                    y = self.norm(y, layer["ffn_post_norm"])
-                x = x + y
+                    y = self.norm(finished(y), layer["ffn_post_norm"])
+            if i + 1 < len(layers):
+                x, normed = self.add_and_norm(x, y, layers[i + 1]["mixer_norm"])
+            else:
+                x = x + finished(y)
             new_layer_states.append(layer_state)
             new_ffn_states.append(ffn_state)
         new_state = DecodeState(layers=tuple(new_layer_states), lengths=state.lengths + lengths,

@@ -15,6 +15,12 @@
 // can be replayed from a CUDA graph (its arguments never change). Every rank of a group must make
 // the same calls in the same order, as the ranks of one SPMD program do, and calls must not run
 // concurrently on a device (the decode step's sums are a chain: each feeds the next).
+//
+// add_rms_norm_kernel is the same sum for a block's output that the residual stream takes next, fused
+// with what follows it there: new residual = residual + sum (rounded to T as XLA rounds each step), and
+// its RMS norm times the weight. One thread block a row; the rows' lines and epochs have their own
+// part of the workspace (norm_lines, norm_epochs: row r always at the same place, so a location's
+// flags only ever come from row r's calls).
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -35,7 +41,14 @@ constexpr int kMaxBlocks = 64;
 constexpr size_t kSlotBytes = size_t(kMaxBlocks) * kBlockBytes;  // the largest message: 256 KB
 constexpr size_t kLinesBytes = 2 * kMaxRanks * 2 * kSlotBytes;   // lines carry as many flag bytes as data
 constexpr size_t kEpochsOffset = kLinesBytes;
-constexpr size_t kWorkspaceBytes = kEpochsOffset + kMaxBlocks * sizeof(uint32_t);
+constexpr int kMaxRows = 64;                 // rows a call of add_rms_norm_kernel, at most
+constexpr int kRowBytes = 16384;             // bytes a row, at most (8192 bfloat16 or 4096 float32 values)
+constexpr int kLinesPerThread = kRowBytes / 16 / kThreads;
+constexpr size_t kRowsBytes = size_t(kMaxRows) * kRowBytes;
+constexpr size_t kNormLinesOffset = kEpochsOffset + kMaxBlocks * sizeof(uint32_t);
+constexpr size_t kNormLinesBytes = 2 * kMaxRanks * 2 * kRowsBytes;
+constexpr size_t kNormEpochsOffset = kNormLinesOffset + kNormLinesBytes;
+constexpr size_t kWorkspaceBytes = kNormEpochsOffset + kMaxRows * sizeof(uint32_t);
 
 static char* g_workspace[kMaxDevices] = {};  // by CUDA device ordinal
 static char g_error[512];
@@ -93,14 +106,38 @@ __device__ __forceinline__ uint4 pack(const float* sums) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) all_reduce_kernel(const char* input, char* output, size_t n_bytes,
-                                                              Peers peers, int rank, int n_ranks) {
+__device__ __forceinline__ void unpack(float* values, uint4 packed) {
+  const T* typed = reinterpret_cast<const T*>(&packed);
+#pragma unroll
+  for (int i = 0; i < int(16 / sizeof(T)); ++i) values[i] = to_float(typed[i]);
+}
+
+// Launched as a programmatic dependent (see launch below): wait for the kernel before to finish, then
+// let the one after start its launch while this one runs.
+__device__ __forceinline__ void follow_previous_kernel() {
 #if __CUDA_ARCH__ >= 900
-  // launched as a programmatic dependent (see all_reduce below): wait for the kernel before to finish,
-  // then let the one after start its launch while this one runs
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;");
 #endif
+}
+
+// The sum of `value` over the block, the same bits in every thread.
+__device__ __forceinline__ float block_sum(float value) {
+  __shared__ float warp_sums[kThreads / 32];
+#pragma unroll
+  for (int lane_mask = 16; lane_mask > 0; lane_mask >>= 1) value += __shfl_xor_sync(0xffffffffu, value, lane_mask);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = value;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int warp = 0; warp < kThreads / 32; ++warp) total += warp_sums[warp];
+  return total;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) all_reduce_kernel(const char* input, char* output, size_t n_bytes,
+                                                              Peers peers, int rank, int n_ranks) {
+  follow_previous_kernel();
   char* mine = peers.workspace[rank];
   uint32_t* epochs = reinterpret_cast<uint32_t*>(mine + kEpochsOffset);
   const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + blockIdx.x) + 1;
@@ -129,6 +166,94 @@ __global__ void __launch_bounds__(kThreads) all_reduce_kernel(const char* input,
   if (threadIdx.x == 0) epochs[blockIdx.x] = epoch;
 }
 
+// Row blockIdx.x of [rows, row_bytes / sizeof(T)]: residual + the group's sum of `partial`, and its RMS
+// norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* partial, const char* residual,
+                                                                const char* weight, char* new_residual,
+                                                                char* normed, int row_bytes, float eps,
+                                                                Peers peers, int rank, int n_ranks) {
+  constexpr int kPerLine = 16 / sizeof(T);
+  const int row = blockIdx.x;
+  const size_t row_start = size_t(row) * row_bytes;  // in the arrays
+  const size_t row_place = size_t(row) * kRowBytes;  // in the workspace's messages
+  // Every load is issued before the first wait: each one's latency would otherwise add to the call's.
+  // The weight is a parameter, which no kernel writes: it is read before the kernel before has finished.
+  uint4 weights[kLinesPerThread], own[kLinesPerThread], before[kLinesPerThread];
+#pragma unroll
+  for (int k = 0; k < kLinesPerThread; ++k) {
+    const int offset = (threadIdx.x + k * kThreads) * 16;
+    if (offset < row_bytes) weights[k] = *reinterpret_cast<const uint4*>(weight + offset);
+  }
+  follow_previous_kernel();
+  char* mine = peers.workspace[rank];
+  uint32_t* epochs = reinterpret_cast<uint32_t*>(mine + kNormEpochsOffset);
+  const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + row) + 1;
+  const size_t slot = epoch & 1;
+#pragma unroll
+  for (int k = 0; k < kLinesPerThread; ++k) {
+    const int offset = (threadIdx.x + k * kThreads) * 16;
+    if (offset >= row_bytes) break;
+    own[k] = *reinterpret_cast<const uint4*>(partial + row_start + offset);
+    before[k] = *reinterpret_cast<const uint4*>(residual + row_start + offset);
+  }
+#pragma unroll
+  for (int k = 0; k < kLinesPerThread; ++k) {
+    const int offset = (threadIdx.x + k * kThreads) * 16;
+    if (offset >= row_bytes) break;
+    for (int peer = 0; peer < n_ranks; ++peer) {
+      if (peer == rank) continue;
+      char* to = peers.workspace[peer] + kNormLinesOffset + (slot * kMaxRanks + rank) * 2 * kRowsBytes +
+                 2 * (row_place + offset);
+      store_line(to, own[k].x, own[k].y, epoch);
+      store_line(to + 16, own[k].z, own[k].w, epoch);
+    }
+  }
+  float values[kLinesPerThread][kPerLine];
+  float squares = 0.f;
+#pragma unroll
+  for (int k = 0; k < kLinesPerThread; ++k) {
+    const int offset = (threadIdx.x + k * kThreads) * 16;
+    if (offset >= row_bytes) break;
+    float sums[kPerLine] = {};
+    for (int source = 0; source < n_ranks; ++source) {
+      uint4 packed = own[k];
+      if (source != rank) {
+        const char* from = mine + kNormLinesOffset + (slot * kMaxRanks + source) * 2 * kRowsBytes +
+                           2 * (row_place + offset);
+        const uint2 low = wait_line(from, epoch), high = wait_line(from + 16, epoch);
+        packed = make_uint4(low.x, low.y, high.x, high.y);
+      }
+      add<T>(sums, packed);
+    }
+    float output[kPerLine], residual_values[kPerLine];
+    unpack<T>(output, pack<T>(sums));  // the block's output, rounded to T
+    unpack<T>(residual_values, before[k]);
+#pragma unroll
+    for (int i = 0; i < kPerLine; ++i) output[i] += residual_values[i];
+    const uint4 added = pack<T>(output);
+    *reinterpret_cast<uint4*>(new_residual + row_start + offset) = added;
+    unpack<T>(values[k], added);
+#pragma unroll
+    for (int i = 0; i < kPerLine; ++i) squares += values[k][i] * values[k][i];
+  }
+  const float scale = rsqrtf(block_sum(squares) / float(row_bytes / int(sizeof(T))) + eps);
+#pragma unroll
+  for (int k = 0; k < kLinesPerThread; ++k) {
+    const int offset = (threadIdx.x + k * kThreads) * 16;
+    if (offset >= row_bytes) break;
+    float scaled[kPerLine], weight_values[kPerLine];
+#pragma unroll
+    for (int i = 0; i < kPerLine; ++i) scaled[i] = values[k][i] * scale;
+    unpack<T>(scaled, pack<T>(scaled));  // normalised, rounded to T, then times the weight
+    unpack<T>(weight_values, weights[k]);
+#pragma unroll
+    for (int i = 0; i < kPerLine; ++i) scaled[i] *= weight_values[i];
+    *reinterpret_cast<uint4*>(normed + row_start + offset) = pack<T>(scaled);
+  }
+  if (threadIdx.x == 0) epochs[row] = epoch;
+}
+
 extern "C" {
 
 // Allocates and zeroes the workspace of each listed device (once) and lets every pair of them reach
@@ -155,6 +280,9 @@ const char* chimera_all_reduce_init(const int* ordinals, int n_devices) {
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, all_reduce_kernel<__nv_bfloat16>);
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, all_reduce_kernel<__half>);
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, all_reduce_kernel<float>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__nv_bfloat16>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__half>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<float>);
     for (int j = 0; status == cudaSuccess && j < n_devices; ++j) {
       if (ordinals[j] == device) continue;
       int can_access = 0;
@@ -182,46 +310,43 @@ const char* chimera_all_reduce_init(const int* ordinals, int n_devices) {
 
 int chimera_all_reduce_max_bytes() { return static_cast<int>(kSlotBytes); }
 int chimera_all_reduce_max_ranks() { return kMaxRanks; }
+int chimera_all_reduce_max_rows() { return kMaxRows; }
+int chimera_all_reduce_max_row_bytes() { return kRowBytes; }
 
 }  // extern "C"
 
 // groups: every group's device ordinals, [n_groups * group_size]; this device's group is the one
 // that holds its ordinal, and its rank the position there.
-static ffi::Error all_reduce(cudaStream_t stream, int32_t device, ffi::AnyBuffer input,
-                             ffi::Result<ffi::AnyBuffer> output, ffi::Span<const int64_t> groups,
-                             int64_t group_size) {
-  const size_t n_bytes = input.size_bytes();
-  if (n_bytes % 16 != 0 || n_bytes > kSlotBytes) {
-    return ffi::Error::InvalidArgument("all-reduce of " + std::to_string(n_bytes) +
-                                       " bytes: needs a multiple of 16 up to " + std::to_string(kSlotBytes));
-  }
+static ffi::Error find_peers(int32_t device, ffi::Span<const int64_t> groups, int64_t group_size, Peers* peers,
+                             int* rank) {
   if (group_size < 1 || group_size > kMaxRanks || groups.size() % group_size != 0) {
     return ffi::Error::InvalidArgument("bad group_size " + std::to_string(group_size));
   }
   int64_t start = -1;
-  int rank = -1;
+  *rank = -1;
   for (size_t i = 0; i < groups.size(); ++i) {
     if (groups[i] == device) {
       start = i - i % group_size;
-      rank = static_cast<int>(i % group_size);
+      *rank = static_cast<int>(i % group_size);
     }
   }
-  if (rank < 0) return ffi::Error::InvalidArgument("device " + std::to_string(device) + " is in no group");
-  Peers peers = {};
+  if (*rank < 0) return ffi::Error::InvalidArgument("device " + std::to_string(device) + " is in no group");
   for (int r = 0; r < group_size; ++r) {
     const int64_t ordinal = groups[start + r];
     if (ordinal < 0 || ordinal >= kMaxDevices || g_workspace[ordinal] == nullptr) {
       return ffi::Error::Internal("device " + std::to_string(ordinal) +
                                   " has no all-reduce workspace (chimera_all_reduce_init)");
     }
-    peers.workspace[r] = g_workspace[ordinal];
+    peers->workspace[r] = g_workspace[ordinal];
   }
-  const int blocks = static_cast<int>((n_bytes + kBlockBytes - 1) / kBlockBytes);
-  const char* in = static_cast<const char*>(input.untyped_data());
-  char* out = static_cast<char*>(output->untyped_data());
-  const int n_ranks = static_cast<int>(group_size);
-  // Programmatic dependent launch (as XLA launches its own kernels): this kernel's start overlaps the
-  // end of the one before it, which the kernel waits for (griddepcontrol.wait) before reading anything.
+  return ffi::Error::Success();
+}
+
+// Launches kernel<<<blocks, kThreads>>>(args...) as a programmatic dependent (as XLA launches its own
+// kernels): its start overlaps the end of the kernel before, which it waits for (griddepcontrol.wait)
+// before reading anything.
+template <typename... Params, typename... Args>
+static ffi::Error launch(cudaStream_t stream, int blocks, void (*kernel)(Params...), Args... args) {
   cudaLaunchAttribute attribute = {};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
@@ -231,22 +356,81 @@ static ffi::Error all_reduce(cudaStream_t stream, int32_t device, ffi::AnyBuffer
   config.stream = stream;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  switch (input.element_type()) {
-    case ffi::DataType::BF16:
-      cudaLaunchKernelEx(&config, all_reduce_kernel<__nv_bfloat16>, in, out, n_bytes, peers, rank, n_ranks);
-      break;
-    case ffi::DataType::F16:
-      cudaLaunchKernelEx(&config, all_reduce_kernel<__half>, in, out, n_bytes, peers, rank, n_ranks);
-      break;
-    case ffi::DataType::F32:
-      cudaLaunchKernelEx(&config, all_reduce_kernel<float>, in, out, n_bytes, peers, rank, n_ranks);
-      break;
-    default:
-      return ffi::Error::InvalidArgument("all-reduce: only bfloat16, float16 and float32");
-  }
+  cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(status));
   return ffi::Error::Success();
+}
+
+static ffi::Error all_reduce(cudaStream_t stream, int32_t device, ffi::AnyBuffer input,
+                             ffi::Result<ffi::AnyBuffer> output, ffi::Span<const int64_t> groups,
+                             int64_t group_size) {
+  const size_t n_bytes = input.size_bytes();
+  if (n_bytes % 16 != 0 || n_bytes > kSlotBytes) {
+    return ffi::Error::InvalidArgument("all-reduce of " + std::to_string(n_bytes) +
+                                       " bytes: needs a multiple of 16 up to " + std::to_string(kSlotBytes));
+  }
+  Peers peers = {};
+  int rank = 0;
+  ffi::Error found = find_peers(device, groups, group_size, &peers, &rank);
+  if (found.failure()) return found;
+  const int blocks = static_cast<int>((n_bytes + kBlockBytes - 1) / kBlockBytes);
+  const char* in = static_cast<const char*>(input.untyped_data());
+  char* out = static_cast<char*>(output->untyped_data());
+  const int n_ranks = static_cast<int>(group_size);
+  switch (input.element_type()) {
+    case ffi::DataType::BF16:
+      return launch(stream, blocks, all_reduce_kernel<__nv_bfloat16>, in, out, n_bytes, peers, rank, n_ranks);
+    case ffi::DataType::F16:
+      return launch(stream, blocks, all_reduce_kernel<__half>, in, out, n_bytes, peers, rank, n_ranks);
+    case ffi::DataType::F32:
+      return launch(stream, blocks, all_reduce_kernel<float>, in, out, n_bytes, peers, rank, n_ranks);
+    default:
+      return ffi::Error::InvalidArgument("all-reduce: only bfloat16, float16 and float32");
+  }
+}
+
+// partial, residual, new_residual, normed: [rows, D]; weight: [D]; all of one type.
+static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuffer partial, ffi::AnyBuffer residual,
+                               ffi::AnyBuffer weight, ffi::Result<ffi::AnyBuffer> new_residual,
+                               ffi::Result<ffi::AnyBuffer> normed, ffi::Span<const int64_t> groups,
+                               int64_t group_size, float eps) {
+  const ffi::DataType type = residual.element_type();
+  if (partial.element_type() != type || weight.element_type() != type) {
+    return ffi::Error::InvalidArgument("add_rms_norm: partial, residual and weight must share one type");
+  }
+  const size_t row_bytes = weight.size_bytes(), n_bytes = residual.size_bytes();
+  if (row_bytes == 0 || row_bytes % 16 != 0 || row_bytes > size_t(kRowBytes) || partial.size_bytes() != n_bytes ||
+      n_bytes % row_bytes != 0 || n_bytes / row_bytes > size_t(kMaxRows)) {
+    return ffi::Error::InvalidArgument("add_rms_norm: rows of " + std::to_string(row_bytes) + " bytes (a multiple "
+                                       "of 16 up to " + std::to_string(kRowBytes) + "), " +
+                                       std::to_string(n_bytes) + " bytes in all (up to " +
+                                       std::to_string(kMaxRows) + " rows)");
+  }
+  Peers peers = {};
+  int rank = 0;
+  ffi::Error found = find_peers(device, groups, group_size, &peers, &rank);
+  if (found.failure()) return found;
+  const int rows = static_cast<int>(n_bytes / row_bytes);
+  const char* in = static_cast<const char*>(partial.untyped_data());
+  const char* before = static_cast<const char*>(residual.untyped_data());
+  const char* w = static_cast<const char*>(weight.untyped_data());
+  char* after = static_cast<char*>(new_residual->untyped_data());
+  char* out = static_cast<char*>(normed->untyped_data());
+  const int bytes = static_cast<int>(row_bytes), n_ranks = static_cast<int>(group_size);
+  switch (type) {
+    case ffi::DataType::BF16:
+      return launch(stream, rows, add_rms_norm_kernel<__nv_bfloat16>, in, before, w, after, out, bytes, eps, peers,
+                    rank, n_ranks);
+    case ffi::DataType::F16:
+      return launch(stream, rows, add_rms_norm_kernel<__half>, in, before, w, after, out, bytes, eps, peers, rank,
+                    n_ranks);
+    case ffi::DataType::F32:
+      return launch(stream, rows, add_rms_norm_kernel<float>, in, before, w, after, out, bytes, eps, peers, rank,
+                    n_ranks);
+    default:
+      return ffi::Error::InvalidArgument("add_rms_norm: only bfloat16, float16 and float32");
+  }
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(chimera_all_reduce, all_reduce,
@@ -257,4 +441,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(chimera_all_reduce, all_reduce,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("groups")
                                   .Attr<int64_t>("group_size"),
+                              {ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(chimera_add_rms_norm, add_rms_norm,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("groups")
+                                  .Attr<int64_t>("group_size")
+                                  .Attr<float>("eps"),
                               {ffi::Traits::kCmdBufferCompatible});

@@ -39,8 +39,11 @@ from chimera.runtime.linear import linear
 
 SOURCE = pathlib.Path(__file__).with_name("all_reduce.cu")
 TARGET = "chimera_all_reduce"
+ADD_RMS_NORM_TARGET = "chimera_add_rms_norm"  # the sum fused with the residual add and RMS norm (residual.py)
 MAX_BYTES = 256 * 1024  # a device's output, at most (all_reduce.cu's kSlotBytes)
 MAX_RANKS = 8  # devices a group, at most (kMaxRanks)
+MAX_ROWS = 64  # rows of one add_rms_norm call, at most (kMaxRows)
+MAX_ROW_BYTES = 16 * 1024  # bytes of one of its rows, at most (kRowBytes)
 
 # Machine code for Ampere and Hopper, and Hopper's PTX for newer GPUs to compile at load: one cached
 # library serves every GPU a shared home directory may meet.
@@ -93,9 +96,12 @@ def library() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(build()))
     lib.chimera_all_reduce_init.restype = ctypes.c_char_p
     lib.chimera_all_reduce_init.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int]
-    if (lib.chimera_all_reduce_max_bytes(), lib.chimera_all_reduce_max_ranks()) != (MAX_BYTES, MAX_RANKS):
+    sizes = (lib.chimera_all_reduce_max_bytes(), lib.chimera_all_reduce_max_ranks(),
+             lib.chimera_all_reduce_max_rows(), lib.chimera_all_reduce_max_row_bytes())
+    if sizes != (MAX_BYTES, MAX_RANKS, MAX_ROWS, MAX_ROW_BYTES):
         raise Unavailable("all_reduce.cu and all_reduce.py disagree on the buffer sizes")
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.chimera_all_reduce), platform="CUDA")
+    jax.ffi.register_ffi_target(ADD_RMS_NORM_TARGET, jax.ffi.pycapsule(lib.chimera_add_rms_norm), platform="CUDA")
     return lib
 
 
@@ -195,15 +201,19 @@ def row_parallel_linear(spec: str, x, w, split: str):
     mesh = active_mesh()
     if not applies(mesh, spec, x, w, split):
         return linear(spec, x, w)
-    x_letters, w_letters = spec.split("->")[0].split(",")
-    x_spec = PartitionSpec(*("tensor" if letter == split else None for letter in x_letters))
-    w_spec = PartitionSpec(*("tensor" if letter == split else None for letter in w_letters))
 
     def local(x_slice, w_slice):
         return sum_over_tensor(linear(spec, x_slice, w_slice), mesh)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(x_spec, w_spec), out_specs=PartitionSpec(),
+    return jax.shard_map(local, mesh=mesh, in_specs=split_specs(spec, split), out_specs=PartitionSpec(),
                          check_vma=False)(x, w)
+
+
+def split_specs(spec: str, split: str) -> tuple[PartitionSpec, PartitionSpec]:
+    """The PartitionSpecs of x and w in `spec` with the letter `split` over `tensor`, the rest whole."""
+    x_letters, w_letters = spec.split("->")[0].split(",")
+    return (PartitionSpec(*("tensor" if letter == split else None for letter in x_letters)),
+            PartitionSpec(*("tensor" if letter == split else None for letter in w_letters)))
 
 
 def choice(environ=os.environ) -> str:

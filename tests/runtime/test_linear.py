@@ -35,3 +35,18 @@ def test_one_row_is_multiplied_as_two():
     assert dot_row_counts(lambda x: linear("btd,df->btf", x, w), jnp.ones((1, 1, 16))) == [2]
     assert dot_row_counts(lambda x: linear("btd,df->btf", x, w), jnp.ones((1, 3, 16))) == [1]
     assert dot_row_counts(lambda x: linear("btd,df->btf", x, w), jnp.ones((4, 1, 16))) == [4]
+
+
+def test_one_row_stays_one_where_xla_keeps_a_gemm():
+    """Only products XLA would strength-reduce ((1 + N) x K below 10M) get the zero row: above it the
+    pad would be a kernel of its own for nothing."""
+    row = jax.ShapeDtypeStruct((1, 1, 4096), jnp.bfloat16)
+
+    def rows_for(spec, w_shape, x=row):
+        return dot_row_counts(lambda x, w: linear(spec, x, w), x, jax.ShapeDtypeStruct(w_shape, jnp.bfloat16))
+
+    assert rows_for("btd,df->btf", (4096, 3072)) == [1]  # (1 + 3072) x 4096 = 12.6M: llama-3-8b's q/k/v at tensor=2
+    assert rows_for("btd,df->btf", (4096, 2440)) == [2]  # 10.0M - 4096: just below
+    assert rows_for("btd,df->btf", (4096, 2441)) == [1]  # 10.0M exactly and above
+    heads = jax.ShapeDtypeStruct((1, 1, 16, 128), jnp.bfloat16)
+    assert rows_for("bthk,hkd->btd", (16, 128, 4096), heads) == [2]  # K = 16 x 128 contracted: 8.4M

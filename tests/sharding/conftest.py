@@ -3,20 +3,35 @@
 import jax
 import pytest
 
-from chimera.sharding import all_reduce
+from chimera.runtime.norm import rms_norm
+from chimera.sharding import all_reduce, residual
+
+
+class Summed(list):
+    """The shapes the kernel's sum took; `fused`: those its sum + residual add + RMS norm took."""
+
+    def __init__(self):
+        super().__init__()
+        self.fused = []
 
 
 @pytest.fixture
 def psum_for_kernel(monkeypatch):
-    """Every mesh counts as prepared and the kernel's sum is `lax.psum`; returns the list of the
-    shapes it summed."""
-    summed = []
+    """Every mesh counts as prepared, and `lax.psum` stands in for the kernels' sums (then the
+    residual add and norm as runtime/norm.py computes them); returns a `Summed`."""
+    summed = Summed()
 
     def psum(partial, mesh):
         summed.append(partial.shape)
         return jax.lax.psum(partial, "tensor")
 
+    def psum_add_rms_norm(partial, before, weight, eps, mesh):
+        summed.fused.append(partial.shape)
+        after = before + jax.lax.psum(partial, "tensor")
+        return after, rms_norm(after, weight, eps)
+
     monkeypatch.setattr(all_reduce, "prepared", lambda mesh: True)
     monkeypatch.setattr(all_reduce, "prepare_if_wanted", lambda mesh: True)
     monkeypatch.setattr(all_reduce, "sum_over_tensor", psum)
+    monkeypatch.setattr(residual, "sum_add_rms_norm", psum_add_rms_norm)
     return summed

@@ -82,6 +82,7 @@ def test_buffer_sizes_agree_with_the_kernel_source():
     constant = {name: int(value) for name, value in re.findall(r"constexpr int (k\w+) = (\d+);", source)}
     assert all_reduce.MAX_RANKS == constant["kMaxRanks"]
     assert all_reduce.MAX_BYTES == constant["kMaxBlocks"] * constant["kThreads"] * 16
+    assert (all_reduce.MAX_ROWS, all_reduce.MAX_ROW_BYTES) == (constant["kMaxRows"], constant["kRowBytes"])
 
 
 def test_no_nvcc_is_unavailable(monkeypatch, tmp_path):
@@ -99,6 +100,8 @@ def test_the_kernel_builds_and_loads(monkeypatch, tmp_path):
         pytest.skip("no nvcc here")
     monkeypatch.setenv("CHIMERA_CACHE", str(tmp_path))
     library = ctypes.CDLL(str(all_reduce.build()))
-    assert (library.chimera_all_reduce_max_bytes(), library.chimera_all_reduce_max_ranks()) == (
-        all_reduce.MAX_BYTES, all_reduce.MAX_RANKS)
+    assert (library.chimera_all_reduce_max_bytes(), library.chimera_all_reduce_max_ranks(),
+            library.chimera_all_reduce_max_rows(), library.chimera_all_reduce_max_row_bytes()) == (
+        all_reduce.MAX_BYTES, all_reduce.MAX_RANKS, all_reduce.MAX_ROWS, all_reduce.MAX_ROW_BYTES)
+    assert hasattr(library, "chimera_add_rms_norm")
     assert all_reduce.build() == next(tmp_path.glob("all_reduce-*.so"))  # cached: built once

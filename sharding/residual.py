@@ -1,0 +1,96 @@
+"""A block's tensor-parallel output, summed where the residual stream takes it.
+
+A block whose output projection is split over `tensor` (attention's and MLA's `wo`, the gated MLP's
+`w_down`) leaves each device a partial product. The model sums them, adds the sum to the residual
+stream and RMS-normalises the result for the next block: after chimera's all-reduce XLA ran that as
+2-3 more kernels of ~1.3 µs each, twice a layer (BENCHMARKS.md, session 11). Under chimera's
+all-reduce (all_reduce.py) `row_parallel_output` therefore hands the model the partial products
+unsummed, as an `Unreduced`, and `add_rms_norm` sums, adds and normalises them in one kernel
+(all_reduce.cu's add_rms_norm_kernel). Anywhere else a block's output is the array
+`row_parallel_linear` makes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+
+from chimera.runtime.linear import linear
+from chimera.runtime.norm import rms_norm
+from chimera.sharding import all_reduce
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Unreduced:
+    """A block output [B, T, D] not yet summed over `tensor`: partials [tensor, B, T, D], split over
+    `tensor` of `mesh` (device i holds partials[i], its own partial product). `finished` sums it."""
+    partials: jax.Array
+    mesh: Mesh = dataclasses.field(metadata={"static": True})
+
+
+def row_parallel_output(spec: str, x, w, split: str):
+    """A block's output `linear(spec, x, w)`, `split` (a letter of `spec`, contracted) split over
+    `tensor`: an `Unreduced` where chimera's all-reduce would sum it (`all_reduce.applies`), for the
+    model to finish with the residual add and norm; else `all_reduce.row_parallel_linear`'s array.
+    Return it from the block as it is; to compute with it, take `finished(y)`."""
+    mesh = all_reduce.active_mesh()
+    if not all_reduce.applies(mesh, spec, x, w, split):
+        return all_reduce.row_parallel_linear(spec, x, w, split)
+
+    def local(x_slice, w_slice):
+        return linear(spec, x_slice, w_slice)[None]  # [1, B, T, D]: this device's partial product
+
+    partials = jax.shard_map(local, mesh=mesh, in_specs=all_reduce.split_specs(spec, split),
+                             out_specs=PartitionSpec("tensor"), check_vma=False)(x, w)
+    return Unreduced(partials, mesh)
+
+
+def finished(y):
+    """A block's output as an array: an `Unreduced` summed by chimera's all-reduce, an array as it is."""
+    if not isinstance(y, Unreduced):
+        return y
+
+    def local(partial):  # [1, B, T, D]
+        return all_reduce.sum_over_tensor(partial[0], y.mesh)
+
+    return jax.shard_map(local, mesh=y.mesh, in_specs=PartitionSpec("tensor"), out_specs=PartitionSpec(),
+                         check_vma=False)(y.partials)
+
+
+def fuses(residual, y: Unreduced, weight) -> bool:
+    """Whether one kernel takes `add_rms_norm`: one dtype throughout, rows of a multiple of 16 bytes up
+    to all_reduce.MAX_ROW_BYTES, at most all_reduce.MAX_ROWS rows."""
+    dtype = np.dtype(residual.dtype)
+    row_bytes = residual.shape[-1] * dtype.itemsize
+    return (np.dtype(y.partials.dtype) == dtype == np.dtype(weight.dtype)
+            and all_reduce.size_takes(residual.shape[-1:], dtype) and row_bytes <= all_reduce.MAX_ROW_BYTES
+            and residual.size // residual.shape[-1] <= all_reduce.MAX_ROWS)
+
+
+def add_rms_norm(residual, y, weight, eps: float):
+    """residual [B, T, D] + y (a block's output) and its `rms_norm` by weight [D]: (new residual,
+    normed), both [B, T, D]. An `Unreduced` y is summed, added and normalised in one kernel where it
+    `fuses`, with runtime/norm.py's arithmetic (the sum of squares in another order)."""
+    if not isinstance(y, Unreduced) or not fuses(residual, y, weight):
+        residual = residual + finished(y)
+        return residual, rms_norm(residual, weight, eps)
+
+    def local(partial, residual, weight):  # [1, B, T, D], [B, T, D], [D]
+        return sum_add_rms_norm(partial[0], residual, weight, eps, y.mesh)
+
+    replicated = PartitionSpec()
+    return jax.shard_map(local, mesh=y.mesh, in_specs=(PartitionSpec("tensor"), replicated, replicated),
+                         out_specs=(replicated, replicated), check_vma=False)(y.partials, residual, weight)
+
+
+def sum_add_rms_norm(partial, residual, weight, eps: float, mesh: Mesh):
+    """Inside a shard_map over `mesh`: residual + the sum of `partial` over `tensor`, and its RMS norm
+    by `weight`, by the kernel."""
+    shape = jax.ShapeDtypeStruct(residual.shape, residual.dtype)
+    return jax.ffi.ffi_call(all_reduce.ADD_RMS_NORM_TARGET, (shape, shape))(
+        partial, residual, weight, groups=all_reduce.groups(mesh), group_size=np.int64(mesh.shape["tensor"]),
+        eps=np.float32(eps))

@@ -1,0 +1,87 @@
+"""sharding/residual.py: a block's output left unreduced over `tensor` and finished by the model (the
+sum, the residual add and the RMS norm in one kernel). The kernel needs NVIDIA GPUs with peer access
+(checked on them: benchmarks/all_reduce.py, gpu_runs.sh); here `lax.psum`, then runtime/norm.py's
+add and norm, stand in for it inside the same shard_map (tests/sharding/conftest.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import chimera
+from chimera.sharding import all_reduce, residual
+from sharding_cases import greedy_tokens, random_params, tensor_mesh
+
+SPEC = "btf,fd->btd"
+
+
+@pytest.mark.parametrize("preset,fused", [("llama-tiny", True), ("deepseek-moe-tiny", True),
+                                          ("local-global-tiny", False), ("rwkv7-tiny", False)])
+def test_decoding_equals_one_device(preset, fused, psum_for_kernel):
+    """llama: every layer's sums fused; deepseek-moe: the shared expert's output summed for the MoE to
+    add; local-global (post-norms) and rwkv7 (layer norm, no row-parallel output): sums alone."""
+    model = chimera.build(chimera.load_config(preset))
+    params = random_params(model)
+    want = greedy_tokens(model, params)
+    assert greedy_tokens(model, params, tensor_mesh(2)) == want
+    assert bool(psum_for_kernel.fused) == fused
+
+
+def test_an_output_is_unreduced_only_under_the_kernel(psum_for_kernel):
+    rng = np.random.default_rng(0)
+    x, w = jnp.asarray(rng.standard_normal((1, 1, 64)), jnp.float32), jnp.asarray(rng.standard_normal((64, 32)), jnp.float32)
+    assert isinstance(residual.row_parallel_output(SPEC, x, w, split="f"), jax.Array)  # no mesh traced
+    mesh = tensor_mesh(2)
+
+    def output(x, w):
+        with all_reduce.summing_on(mesh):
+            return residual.row_parallel_output(SPEC, x, w, split="f")
+
+    with jax.set_mesh(mesh):
+        y = jax.jit(output)(x, w)  # an Unreduced is a pytree: it leaves jit
+        assert isinstance(y, residual.Unreduced) and y.partials.shape == (2, 1, 1, 32)
+        total = residual.finished(y)
+    np.testing.assert_allclose(np.asarray(total), np.asarray(x @ w), rtol=1e-5, atol=1e-5)
+    assert residual.finished(total) is total
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_add_rms_norm_is_the_sum_the_add_and_the_norm(dtype, psum_for_kernel):
+    rng = np.random.default_rng(1)
+    mesh = tensor_mesh(4)
+    x = jnp.asarray(rng.standard_normal((3, 1, 64)), dtype)
+    w = jnp.asarray(rng.standard_normal((64, 32)) / 8, dtype)
+    before = jnp.asarray(rng.standard_normal((3, 1, 32)), dtype)
+    weight = jnp.asarray(rng.standard_normal(32), dtype)
+
+    def fused(x, w, before, weight):
+        with all_reduce.summing_on(mesh):
+            return residual.add_rms_norm(before, residual.row_parallel_output(SPEC, x, w, split="f"), weight, 1e-6)
+
+    with jax.set_mesh(mesh):
+        after, normed = jax.jit(fused)(x, w, before, weight)
+    assert psum_for_kernel.fused == [(3, 1, 32)]
+    # float64 from the same rounded inputs; bfloat16's tolerance is its rounding (XLA may keep the sum
+    # in float32 into the norm: xla_allow_excess_precision)
+    tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    want_after = f64(before) + np.einsum(SPEC, f64(x), f64(w))
+    want_normed = want_after / np.sqrt(np.mean(want_after ** 2, axis=-1, keepdims=True) + 1e-6) * f64(weight)
+    np.testing.assert_allclose(f64(after), want_after, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(f64(normed), want_normed, rtol=tolerance, atol=tolerance)
+
+
+def test_what_one_kernel_takes():
+    def fuses(rows, width, dtype=jnp.bfloat16, weight_dtype=None, partial_dtype=None):
+        before = jax.ShapeDtypeStruct((rows, 1, width), dtype)
+        partials = jax.ShapeDtypeStruct((2, rows, 1, width), partial_dtype or dtype)
+        weight = jax.ShapeDtypeStruct((width,), weight_dtype or dtype)
+        return residual.fuses(before, residual.Unreduced(partials, tensor_mesh(2)), weight)
+
+    assert fuses(1, 4096) and fuses(all_reduce.MAX_ROWS, 8192) and fuses(16, 4096, jnp.float32)
+    assert not fuses(all_reduce.MAX_ROWS + 1, 4096)  # more rows than its workspace holds
+    assert not fuses(1, 8200)  # a row over MAX_ROW_BYTES
+    assert not fuses(1, 4100)  # a row of 8200 bytes: not in 16-byte lines
+    assert not fuses(1, 4096, jnp.float32, weight_dtype=jnp.bfloat16)
+    assert not fuses(1, 4096, partial_dtype=jnp.float32)
+    assert not fuses(1, 4096, jnp.int32)
