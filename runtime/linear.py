@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 
 STRENGTH_REDUCED_BELOW = 10_000_000  # (1 + N) x K elements: XLA's GPU simplifier threshold
@@ -23,10 +24,19 @@ STRENGTH_REDUCED_BELOW = 10_000_000  # (1 + N) x K elements: XLA's GPU simplifie
 def linear(spec: str, x, w):
     """`jnp.einsum(spec, x, w)` for x [B, T, ...] (B and T leading, as `spec` names them): the
     same product, computed over two rows when B x T is 1 and XLA would strength-reduce it."""
-    if x.shape[0] * x.shape[1] != 1 or not strength_reduced(spec, w):
-        return jnp.einsum(spec, x, w)
+    return linears(spec, x, w)[0]
+
+
+def linears(spec: str, x, *weights) -> list:
+    """`[linear(spec, x, w) for w in weights]`, the zero row added to x once for all of them when any
+    would be strength-reduced: XLA then merges the products of one input into one GEMM (the attention's
+    q, k and v), which it does not for a one-row product beside two-row ones."""
+    if x.shape[0] * x.shape[1] != 1 or not any(strength_reduced(spec, w) for w in weights):
+        return [jnp.einsum(spec, x, w) for w in weights]
     padded = jnp.pad(x, [(0, 1)] + [(0, 0)] * (x.ndim - 1))  # [2, 1, ...]: row 1 is zeros
-    return jnp.einsum(spec, padded, w)[:1]
+    # XLA's simplifier may move the slice into a product, making it one row again (seen where the row
+    # comes from a custom call): the barrier keeps each product two rows.
+    return [jax.lax.optimization_barrier(jnp.einsum(spec, padded, w))[:1] for w in weights]
 
 
 def strength_reduced(spec: str, w) -> bool:

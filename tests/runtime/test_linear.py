@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chimera.runtime.linear import linear
+from chimera.runtime.linear import linear, linears
 
 SPECS = [("btd,df->btf", (3, 8), (8, 5)), ("btd,dhk->bthk", (3, 8), (8, 2, 4)), ("bthk,hkd->btd", (3, 2, 4), (2, 4, 6))]
 
@@ -50,3 +50,14 @@ def test_one_row_stays_one_where_xla_keeps_a_gemm():
     assert rows_for("btd,df->btf", (4096, 2441)) == [1]  # 10.0M exactly and above
     heads = jax.ShapeDtypeStruct((1, 1, 16, 128), jnp.bfloat16)
     assert rows_for("bthk,hkd->btd", (16, 128, 4096), heads) == [2]  # K = 16 x 128 contracted: 8.4M
+
+
+def test_products_of_one_input_share_the_zero_row():
+    """q, k and v of one row: all two rows when any would be strength-reduced (XLA merges them), else all one."""
+    def rows_for(*w_shapes):
+        weights = [jax.ShapeDtypeStruct(shape, jnp.bfloat16) for shape in w_shapes]
+        return dot_row_counts(lambda x, *ws: linears("btd,dhk->bthk", x, *ws),
+                              jax.ShapeDtypeStruct((1, 1, 4096), jnp.bfloat16), *weights)
+
+    assert rows_for((4096, 32, 128), (4096, 8, 128), (4096, 8, 128)) == [2, 2, 2]  # k and v: 4.2M each
+    assert rows_for((4096, 32, 128), (4096, 32, 128)) == [1, 1]  # 16.8M each

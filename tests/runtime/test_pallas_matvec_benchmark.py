@@ -88,3 +88,22 @@ def test_heuristic_config_fits_every_llama_product(kernels):
     for k, n in [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096), (2048, 4096), (7168, 4096)]:
         config = harness.heuristic_config(k, n)
         assert n % config["block_n"] == 0 and k % (config["splits"] * config["block_k"]) == 0
+
+
+def test_replace_linear_reaches_every_block_product(monkeypatch):
+    """decode_loop's experiments swap the products of every block module that makes one."""
+    import chimera.attention.attention
+    import chimera.attention.mla
+    import chimera.moe.mlp
+    import chimera.sharding.all_reduce
+    import chimera.sharding.residual
+    harness = importlib.import_module("matvec_kernel")
+    modules = (chimera.attention.mla, chimera.moe.mlp, chimera.sharding.all_reduce, chimera.sharding.residual)
+    for module in modules:
+        monkeypatch.setattr(module, "linear", module.linear)
+    monkeypatch.setattr(chimera.attention.attention, "linears", chimera.attention.attention.linears)
+    calls = []
+    harness.replace_linear(lambda spec, x, w: calls.append(spec) or w)
+    assert all(module.linear("s", None, 1) == 1 for module in modules)
+    assert chimera.attention.attention.linears("q", None, 1, 2, 3) == [1, 2, 3]
+    assert calls == ["s"] * len(modules) + ["q"] * 3
