@@ -18,7 +18,7 @@ from chimera.architectures.config import ConfigError, require_positive
 from chimera.attention.core import attend, grouped_logits, mix, probabilities
 from chimera.attention.decode_kernel import decode_attention, kernel_supports
 from chimera.attention.rope import RopeScaling, apply_rope, inverse_frequencies, rope_attention_factor
-from chimera.runtime.linear import linears
+from chimera.runtime.linear import linear
 from chimera.runtime.norm import rms_norm
 from chimera.runtime.protocol import Context, register_mixer
 from chimera.sharding.residual import finished, row_parallel_output
@@ -166,8 +166,9 @@ class Attention:
     def project(self, params, x, ctx: Context):
         """x [B, T, D] -> q [B, T, H, Dh], k and v [B, T, Hkv, Dh]; q and k normalised (qk_norm),
         then rotated to ctx.positions."""
-        # q [B, T, H, Dh], k and v [B, T, Hkv, Dh]
-        q, k, v = linears("btd,dhk->bthk", x, params["wq"], params["wk"], params["wv"])
+        q = linear("btd,dhk->bthk", x, params["wq"])  # [B, T, H, Dh]
+        k = linear("btd,dhk->bthk", x, params["wk"])  # [B, T, Hkv, Dh]
+        v = linear("btd,dhk->bthk", x, params["wv"])  # [B, T, Hkv, Dh]
         if self.qkv_bias:
             q, k, v = q + params["bq"], k + params["bk"], v + params["bv"]
         if self.qk_norm:

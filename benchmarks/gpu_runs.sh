@@ -861,18 +861,23 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     equality_under_cli_flags tiny-only
     ;;
   x2-bench-j)  # 2 GPUs (session 12): the profile of llama-3-8b (8 layers) tensor=2 through the fused kernel, then llama-3-8b
-               # tensor=2 (the fused kernel) against XLA's all-reduce and one GPU, alternated in one lease
+               # tensor=2 with the fused kernel, with the kernel's sum alone (XLA adding and norming: unfused_bench.py) and
+               # with XLA's all-reduce, against one GPU, alternated in one lease
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     profile_8layers chimera 24
-    B="python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3"
-    bench() {  # name, seconds, batches, environment, bench words
-      echo "== $1"; env $4 timeout $2 $B --batch $3 $5 --json $R/$1.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -3 | cut -c1-170; save
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3"
+    bench() {  # name, seconds, batches, environment, program, bench words
+      echo "== $1"; env $4 timeout $2 python3 $5 $words --batch $3 $6 --json $R/$1.json 2>&1 | grep -vE "^[IW]0000|^WARNING" \
+        | tail -3 | cut -c1-170; save
     }
-    bench 1gpu-a 80 1,16 "" ""
-    bench tensor2-chimera-a 80 1,16 CHIMERA_ALL_REDUCE=chimera "--mesh tensor=2"
-    bench tensor2-xla-a 70 1 CHIMERA_ALL_REDUCE=xla "--mesh tensor=2"
-    bench tensor2-chimera-b 70 1 CHIMERA_ALL_REDUCE=chimera "--mesh tensor=2"
-    bench 1gpu-b 70 1 "" ""
+    cli="-m chimera.runtime.cli"
+    bench 1gpu-a 80 1,16 "" "$cli" ""
+    bench tensor2-fused-a 80 1,16 CHIMERA_ALL_REDUCE=chimera "$cli" "--mesh tensor=2"
+    bench tensor2-unfused-a 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
+    bench tensor2-xla-a 70 1 CHIMERA_ALL_REDUCE=xla "$cli" "--mesh tensor=2"
+    bench tensor2-fused-b 70 1 CHIMERA_ALL_REDUCE=chimera "$cli" "--mesh tensor=2"
+    bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
+    bench 1gpu-b 70 1 "" "$cli" ""
     ;;
   x2-check-j)  # 2 GPUs (session 12): sharded == one GPU as committed: llama-3-8b (8 layers) and every tiny preset on tensor=2
                # and expert=2 (float32, the CLI's flags)

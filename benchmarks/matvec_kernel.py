@@ -146,15 +146,15 @@ def one_row_kernel_linear(spec: str, x, w, rule: tuple = RULES[0]):
 def replace_linear(product):
     """An experiment's substitute for `runtime.linear.linear`, where the blocks imported it (and where
     `sharding.all_reduce.row_parallel_linear` and `sharding.residual.row_parallel_output`, which make
-    their output projections, did), and for the attention's `linears` (q, k and v)."""
+    their output projections, did)."""
     import chimera.attention.attention
     import chimera.attention.mla
     import chimera.moe.mlp
     import chimera.sharding.all_reduce
     import chimera.sharding.residual
-    for module in (chimera.attention.mla, chimera.moe.mlp, chimera.sharding.all_reduce, chimera.sharding.residual):
+    for module in (chimera.attention.attention, chimera.attention.mla, chimera.moe.mlp, chimera.sharding.all_reduce,
+                   chimera.sharding.residual):
         module.linear = product
-    chimera.attention.attention.linears = lambda spec, x, *weights: [product(spec, x, w) for w in weights]
 
 
 def use_one_row_kernel(rule: tuple = RULES[0]):
