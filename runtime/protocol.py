@@ -6,6 +6,11 @@ A token mixer is a frozen dataclass built from its YAML fields plus `d_model`:
     init_state(batch_size, max_len, dtype) -> state pytree, every leaf batch-major
     __call__(params, x [B,T,D], state, ctx) -> (y [B,T,D], new state)
 
+Inside the Engine's programs on a GPU mesh split over `tensor`, a block's y may be a
+`sharding.residual.Unreduced` (its output projection's partial products, from
+`row_parallel_output`), which the model sums together with the residual add and the next norm;
+code that computes with a block's output takes `sharding.residual.finished(y)` first.
+
 A feed-forward is the same without state: `init(key)`, `__call__(params, x, ctx) -> y`.
 A feed-forward that defines `init_state` carries state like a mixer (RWKV's channel-mix keeps
 the previous token): `__call__(params, x, state, ctx) -> (y, new state)`; its state lives in
