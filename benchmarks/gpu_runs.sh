@@ -884,6 +884,15 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     equality_under_cli_flags
     ;;
+  x2-review-j)  # 2 GPUs (session 12): both kernels after their lines' send and gather became shared helpers: bits against
+                # XLA, llama-3-8b (8 layers) tensor=2 == one GPU, and the tensor=2 step once more
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    echo "== chain"; timeout 150 python3 benchmarks/all_reduce.py --rows 1 --repeats 10 --chain 32 --json $R/all_reduce.json 2>&1 \
+      | grep -vE "^[IW]0000|^WARNING" | tail -20; save
+    equality_8layers
+    echo "== tensor2-fused"; timeout 80 python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 \
+      --gen 128 --repeats 3 --batch 1 --mesh tensor=2 --json $R/tensor2-fused.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2; save
+    ;;
   x2-tiny-i)  # 2 GPUs (session 11): every tiny preset on tensor=2 (chimera's all-reduce) and expert=2 == one GPU, CLI's flags
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     equality_under_cli_flags tiny-only

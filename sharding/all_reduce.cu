@@ -39,8 +39,9 @@ constexpr int kThreads = 256;
 constexpr int kBlockBytes = kThreads * 16;  // 16 bytes of the message a thread
 constexpr int kMaxBlocks = 64;
 constexpr size_t kSlotBytes = size_t(kMaxBlocks) * kBlockBytes;  // the largest message: 256 KB
+constexpr size_t kLinesOffset = 0;
 constexpr size_t kLinesBytes = 2 * kMaxRanks * 2 * kSlotBytes;   // lines carry as many flag bytes as data
-constexpr size_t kEpochsOffset = kLinesBytes;
+constexpr size_t kEpochsOffset = kLinesOffset + kLinesBytes;
 constexpr int kMaxRows = 64;                 // rows a call of add_rms_norm_kernel, at most
 constexpr int kRowBytes = 16384;             // bytes a row, at most (8192 bfloat16 or 4096 float32 values)
 constexpr int kLinesPerThread = kRowBytes / 16 / kThreads;
@@ -134,33 +135,51 @@ __device__ __forceinline__ float block_sum(float value) {
   return total;
 }
 
+// The two lines that carry the 16 bytes at `place` of rank `source`'s message in `workspace`'s area at
+// `area`: [2 slots][kMaxRanks][message_bytes * 2] (lines carry as many flag bytes as data).
+__device__ __forceinline__ char* lines_at(char* workspace, size_t area, size_t message_bytes, uint32_t epoch,
+                                          int source, size_t place) {
+  return workspace + area + ((epoch & 1) * kMaxRanks + source) * 2 * message_bytes + 2 * place;
+}
+
+// Sends `own`, this rank's 16 bytes at `place`, into every peer's area as two lines flagged `epoch`.
+__device__ __forceinline__ void send(const Peers& peers, int rank, int n_ranks, size_t area, size_t message_bytes,
+                                     uint32_t epoch, size_t place, uint4 own) {
+  for (int peer = 0; peer < n_ranks; ++peer) {
+    if (peer == rank) continue;
+    char* to = lines_at(peers.workspace[peer], area, message_bytes, epoch, rank, place);
+    store_line(to, own.x, own.y, epoch);
+    store_line(to + 16, own.z, own.w, epoch);
+  }
+}
+
+// sums += every rank's 16 bytes at `place`, in rank order (`own` for this rank's), waiting for the peers'.
+template <typename T>
+__device__ __forceinline__ void gather(float* sums, const Peers& peers, int rank, int n_ranks, size_t area,
+                                       size_t message_bytes, uint32_t epoch, size_t place, uint4 own) {
+  for (int source = 0; source < n_ranks; ++source) {
+    uint4 packed = own;
+    if (source != rank) {
+      const char* from = lines_at(peers.workspace[rank], area, message_bytes, epoch, source, place);
+      const uint2 low = wait_line(from, epoch), high = wait_line(from + 16, epoch);
+      packed = make_uint4(low.x, low.y, high.x, high.y);
+    }
+    add<T>(sums, packed);
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads) all_reduce_kernel(const char* input, char* output, size_t n_bytes,
                                                               Peers peers, int rank, int n_ranks) {
   follow_previous_kernel();
-  char* mine = peers.workspace[rank];
-  uint32_t* epochs = reinterpret_cast<uint32_t*>(mine + kEpochsOffset);
+  uint32_t* epochs = reinterpret_cast<uint32_t*>(peers.workspace[rank] + kEpochsOffset);
   const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + blockIdx.x) + 1;
-  const size_t slot = epoch & 1;
   const size_t offset = size_t(blockIdx.x) * kBlockBytes + threadIdx.x * 16;  // in the message
   if (offset < n_bytes) {
     const uint4 own = *reinterpret_cast<const uint4*>(input + offset);
-    for (int peer = 0; peer < n_ranks; ++peer) {
-      if (peer == rank) continue;
-      char* to = peers.workspace[peer] + (slot * kMaxRanks + rank) * 2 * kSlotBytes + 2 * offset;
-      store_line(to, own.x, own.y, epoch);
-      store_line(to + 16, own.z, own.w, epoch);
-    }
+    send(peers, rank, n_ranks, kLinesOffset, kSlotBytes, epoch, offset, own);
     float sums[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int source = 0; source < n_ranks; ++source) {
-      uint4 packed = own;
-      if (source != rank) {
-        const char* from = mine + (slot * kMaxRanks + source) * 2 * kSlotBytes + 2 * offset;
-        const uint2 low = wait_line(from, epoch), high = wait_line(from + 16, epoch);
-        packed = make_uint4(low.x, low.y, high.x, high.y);
-      }
-      add<T>(sums, packed);
-    }
+    gather<T>(sums, peers, rank, n_ranks, kLinesOffset, kSlotBytes, epoch, offset, own);
     *reinterpret_cast<uint4*>(output + offset) = pack<T>(sums);
   }
   if (threadIdx.x == 0) epochs[blockIdx.x] = epoch;
@@ -186,10 +205,8 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* part
     if (offset < row_bytes) weights[k] = *reinterpret_cast<const uint4*>(weight + offset);
   }
   follow_previous_kernel();
-  char* mine = peers.workspace[rank];
-  uint32_t* epochs = reinterpret_cast<uint32_t*>(mine + kNormEpochsOffset);
+  uint32_t* epochs = reinterpret_cast<uint32_t*>(peers.workspace[rank] + kNormEpochsOffset);
   const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + row) + 1;
-  const size_t slot = epoch & 1;
 #pragma unroll
   for (int k = 0; k < kLinesPerThread; ++k) {
     const int offset = (threadIdx.x + k * kThreads) * 16;
@@ -201,13 +218,7 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* part
   for (int k = 0; k < kLinesPerThread; ++k) {
     const int offset = (threadIdx.x + k * kThreads) * 16;
     if (offset >= row_bytes) break;
-    for (int peer = 0; peer < n_ranks; ++peer) {
-      if (peer == rank) continue;
-      char* to = peers.workspace[peer] + kNormLinesOffset + (slot * kMaxRanks + rank) * 2 * kRowsBytes +
-                 2 * (row_place + offset);
-      store_line(to, own[k].x, own[k].y, epoch);
-      store_line(to + 16, own[k].z, own[k].w, epoch);
-    }
+    send(peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, row_place + offset, own[k]);
   }
   float values[kLinesPerThread][kPerLine];
   float squares = 0.f;
@@ -216,16 +227,7 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* part
     const int offset = (threadIdx.x + k * kThreads) * 16;
     if (offset >= row_bytes) break;
     float sums[kPerLine] = {};
-    for (int source = 0; source < n_ranks; ++source) {
-      uint4 packed = own[k];
-      if (source != rank) {
-        const char* from = mine + kNormLinesOffset + (slot * kMaxRanks + source) * 2 * kRowsBytes +
-                           2 * (row_place + offset);
-        const uint2 low = wait_line(from, epoch), high = wait_line(from + 16, epoch);
-        packed = make_uint4(low.x, low.y, high.x, high.y);
-      }
-      add<T>(sums, packed);
-    }
+    gather<T>(sums, peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, row_place + offset, own[k]);
     float output[kPerLine], residual_values[kPerLine];
     unpack<T>(output, pack<T>(sums));  // the block's output, rounded to T
     unpack<T>(residual_values, before[k]);
