@@ -879,6 +879,17 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
+  x2-warm-k)  # 2 GPUs (session 13): the fused kernel warming L2 with the next block's first weights (CHIMERA_WARM_L2_MB):
+              # the profile of llama-3-8b (8 layers) tensor=2 warming 32 MB a call, then llama-3-8b tensor=2 at several
+              # budgets, alternated in one lease (the code is commit "Experiment (reverted next)" of session 13)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    CHIMERA_WARM_L2_MB=32 profile_8layers warm32 24
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1 --mesh tensor=2"
+    for mb in 0 32 16 64 0 32; do
+      echo "== warm $mb"; CHIMERA_WARM_L2_MB=$mb timeout 80 python3 -m chimera.runtime.cli $words --json $R/tensor2-warm$mb-$RANDOM.json 2>&1 \
+        | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-check-j)  # 2 GPUs (session 12): sharded == one GPU as committed: llama-3-8b (8 layers) and every tiny preset on tensor=2
                # and expert=2 (float32, the CLI's flags)
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
