@@ -7,7 +7,7 @@ written in place at each token's absolute position; padding tokens are never wri
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +81,6 @@ class Attention:
     qk_norm: bool = False
     qk_norm_eps: float = 1e-6
     decode_kernel: Literal["auto", "pallas", "xla"] = "auto"
-    first_weights: ClassVar[tuple[str, ...]] = ("wq", "wk", "wv")  # read first, by the q/k/v GEMM
 
     def __post_init__(self):
         require_positive(self, "n_heads", "n_kv_heads", "head_dim", "rope_theta", "scale", "softcap",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,6 @@ class GatedMLP:
     d_ff: int
     activation: Literal["silu", "gelu", "gelu_tanh"] = "silu"
     bias: bool = False
-    first_weights: ClassVar[tuple[str, ...]] = ("w_gate", "w_up")  # read first, by the gate/up GEMM
 
     def __post_init__(self):
         require_positive(self, "d_ff")

@@ -40,13 +40,12 @@ class Model:
     def norm(self, x, weight):
         return NORMS[self.config.norm][0](x, weight, self.config.norm_eps)
 
-    def add_and_norm(self, x, y, weight, next_block, next_params):
+    def add_and_norm(self, x, y, weight):
         """The residual stream x [B, T, D] plus a block's output y, and that normed by `weight` (the
-        input of `next_block`, whose parameters are `next_params`). A y left `Unreduced` over `tensor`
-        is summed, added and RMS-normed in one kernel (sharding/residual.py), which may warm L2 with
-        the weights `next_block` reads first."""
+        next block's input). A y left `Unreduced` over `tensor` is summed, added and RMS-normed in one
+        kernel (sharding/residual.py)."""
         if self.config.norm == "rmsnorm":
-            return add_rms_norm(x, y, weight, self.config.norm_eps, first_weights(next_block, next_params))
+            return add_rms_norm(x, y, weight, self.config.norm_eps)
         x = x + finished(y)
         return x, self.norm(x, weight)
 
@@ -180,7 +179,7 @@ class Model:
             if cfg.post_norms:
                 y = self.norm(finished(y), layer["mixer_post_norm"])
             if ffn is not None:
-                x, normed = self.add_and_norm(x, y, layer["ffn_norm"], ffn, layer["ffn"])
+                x, normed = self.add_and_norm(x, y, layer["ffn_norm"])
                 if is_stateful(ffn):
                     y, ffn_state = ffn(layer["ffn"], normed, ffn_state, ctx)
                 else:
@@ -188,8 +187,7 @@ class Model:
                 if cfg.post_norms:
                     y = self.norm(finished(y), layer["ffn_post_norm"])
             if i + 1 < len(layers):
-                next_mixer = self.blocks[i + 1][0]
-                x, normed = self.add_and_norm(x, y, layers[i + 1]["mixer_norm"], next_mixer, layers[i + 1]["mixer"])
+                x, normed = self.add_and_norm(x, y, layers[i + 1]["mixer_norm"])
             else:
                 x = x + finished(y)
             new_layer_states.append(layer_state)
@@ -275,16 +273,6 @@ class Model:
                 b = over[0]
                 raise ValueError(f"sequence {b} would hold {held[b] + lengths[b]} tokens, "
                                  f"past the state's max_len {state.max_len}")
-
-
-def first_weights(block, params) -> list:
-    """(weight, logical axes) of the parameters `block` names in its optional `first_weights`: those
-    its call reads first (a GEMM on its input), which the residual add before it may warm in L2."""
-    names = getattr(block, "first_weights", ())
-    if not names:
-        return []
-    axes = block.param_axes()
-    return [(params[name], axes[name]) for name in names]
 
 
 def is_stateful(ffn) -> bool:

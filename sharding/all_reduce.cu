@@ -21,10 +21,6 @@
 // its RMS norm times the weight. One thread block a row; the rows' lines and epochs have their own
 // part of the workspace (norm_lines, norm_epochs: row r always at the same place, so a location's
 // flags only ever come from row r's calls).
-//
-// The same call may warm L2 with the weights the next block reads first (`warmed`): blocks past the
-// rows ask L2 for them (cp.async.bulk.prefetch, a hint that occupies no SM once issued), so HBM, idle
-// while the sum waits on its peers, streams them before the next GEMM asks.
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -54,20 +50,12 @@ constexpr size_t kNormLinesOffset = kEpochsOffset + kMaxBlocks * sizeof(uint32_t
 constexpr size_t kNormLinesBytes = 2 * kMaxRanks * 2 * kRowsBytes;
 constexpr size_t kNormEpochsOffset = kNormLinesOffset + kNormLinesBytes;
 constexpr size_t kWorkspaceBytes = kNormEpochsOffset + kMaxRows * sizeof(uint32_t);
-constexpr int kMaxWarmed = 8;         // buffers one call may warm, at most
 
 static char* g_workspace[kMaxDevices] = {};  // by CUDA device ordinal
 static char g_error[512];
 
 struct Peers {
   char* workspace[kMaxRanks];
-};
-
-// The first bytes[i] of each start[i], for L2.
-struct Warmed {
-  const char* start[kMaxWarmed];
-  uint32_t bytes[kMaxWarmed];
-  int count;
 };
 
 __device__ __forceinline__ void store_line(char* address, uint32_t first, uint32_t second, uint32_t flag) {
@@ -180,27 +168,6 @@ __device__ __forceinline__ void gather(float* sums, const Peers& peers, int rank
   }
 }
 
-// Asks L2 for `warmed`'s bytes in 16 KB pieces, spread over the threads of n_blocks blocks (this one is
-// `block`). Weights only: parameters, which no kernel writes, so this need not wait for the kernel before.
-__device__ __forceinline__ void warm_l2(const Warmed& warmed, int block, int n_blocks) {
-#if __CUDA_ARCH__ >= 900
-  constexpr uint32_t kWarmChunk = 16384;  // bytes one prefetch asks for
-  const uint32_t thread = uint32_t(block) * kThreads + threadIdx.x, n_threads = uint32_t(n_blocks) * kThreads;
-  uint32_t first_chunk = 0;  // of buffer i, counting every buffer's chunks in turn
-  for (int i = 0; i < warmed.count; ++i) {
-    const uint32_t chunks = (warmed.bytes[i] + kWarmChunk - 1) / kWarmChunk;
-    // this thread's first chunk of buffer i: the next index >= first_chunk that is thread mod n_threads
-    uint32_t c = (thread + n_threads - first_chunk % n_threads) % n_threads;
-    for (; c < chunks; c += n_threads) {
-      const uint32_t offset = c * kWarmChunk, size = min(kWarmChunk, warmed.bytes[i] - offset);
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(warmed.start[i] + offset), "r"(size)
-                   : "memory");
-    }
-    first_chunk += chunks;
-  }
-#endif
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads) all_reduce_kernel(const char* input, char* output, size_t n_bytes,
                                                               Peers peers, int rank, int n_ranks) {
@@ -219,19 +186,14 @@ __global__ void __launch_bounds__(kThreads) all_reduce_kernel(const char* input,
 }
 
 // Row blockIdx.x of [rows, row_bytes / sizeof(T)]: residual + the group's sum of `partial`, and its RMS
-// norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm). Blocks past
-// the rows warm L2 with `warmed`.
+// norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm).
 template <typename T>
 __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* partial, const char* residual,
                                                                 const char* weight, char* new_residual,
-                                                                char* normed, int rows, int row_bytes, float eps,
-                                                                Peers peers, int rank, int n_ranks, Warmed warmed) {
+                                                                char* normed, int row_bytes, float eps,
+                                                                Peers peers, int rank, int n_ranks) {
   constexpr int kPerLine = 16 / sizeof(T);
   const int row = blockIdx.x;
-  if (row >= rows) {
-    warm_l2(warmed, row - rows, gridDim.x - rows);
-    return;
-  }
   const size_t row_start = size_t(row) * row_bytes;  // in the arrays
   const size_t row_place = size_t(row) * kRowBytes;  // in the workspace's messages
   // Every load is issued before the first wait: each one's latency would otherwise add to the call's.
@@ -382,27 +344,6 @@ static ffi::Error find_peers(int32_t device, ffi::Span<const int64_t> groups, in
   return ffi::Error::Success();
 }
 
-// warmed <- the buffers of `warm` and how many of their first bytes to warm (at most their size, a multiple of 16).
-static ffi::Error list_warmed(const ffi::RemainingArgs& warm, ffi::Span<const int64_t> warm_bytes, Warmed* warmed) {
-  if (warm.size() > size_t(kMaxWarmed) || warm_bytes.size() != warm.size()) {
-    return ffi::Error::InvalidArgument("add_rms_norm: up to " + std::to_string(kMaxWarmed) +
-                                       " buffers to warm, one warm_bytes each");
-  }
-  for (size_t i = 0; i < warm.size(); ++i) {
-    ffi::ErrorOr<ffi::AnyBuffer> buffer = warm.get<ffi::AnyBuffer>(i);
-    if (buffer.has_error()) return buffer.error();
-    const int64_t bytes = warm_bytes[i];
-    if (bytes < 0 || bytes % 16 != 0 || size_t(bytes) > buffer->size_bytes() || bytes > INT32_MAX) {
-      return ffi::Error::InvalidArgument("add_rms_norm: warm_bytes " + std::to_string(bytes) + " of a buffer of " +
-                                         std::to_string(buffer->size_bytes()) + " bytes");
-    }
-    if (bytes == 0) continue;
-    warmed->start[warmed->count] = static_cast<const char*>(buffer->untyped_data());
-    warmed->bytes[warmed->count++] = static_cast<uint32_t>(bytes);
-  }
-  return ffi::Error::Success();
-}
-
 // Launches kernel<<<blocks, kThreads>>>(args...) as a programmatic dependent (as XLA launches its own
 // kernels): its start overlaps the end of the kernel before, which it waits for (griddepcontrol.wait)
 // before reading anything.
@@ -451,13 +392,11 @@ static ffi::Error all_reduce(cudaStream_t stream, int32_t device, ffi::AnyBuffer
   }
 }
 
-// partial, residual, new_residual, normed: [rows, D]; weight: [D]; all of one type. warm: buffers whose first
-// warm_bytes[i] bytes warm_blocks more blocks ask L2 for.
+// partial, residual, new_residual, normed: [rows, D]; weight: [D]; all of one type.
 static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuffer partial, ffi::AnyBuffer residual,
-                               ffi::AnyBuffer weight, ffi::RemainingArgs warm,
-                               ffi::Result<ffi::AnyBuffer> new_residual, ffi::Result<ffi::AnyBuffer> normed,
-                               ffi::Span<const int64_t> groups, int64_t group_size, float eps,
-                               ffi::Span<const int64_t> warm_bytes, int64_t warm_blocks) {
+                               ffi::AnyBuffer weight, ffi::Result<ffi::AnyBuffer> new_residual,
+                               ffi::Result<ffi::AnyBuffer> normed, ffi::Span<const int64_t> groups,
+                               int64_t group_size, float eps) {
   const ffi::DataType type = residual.element_type();
   if (partial.element_type() != type || weight.element_type() != type) {
     return ffi::Error::InvalidArgument("add_rms_norm: partial, residual and weight must share one type");
@@ -474,11 +413,7 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
   int rank = 0;
   ffi::Error found = find_peers(device, groups, group_size, &peers, &rank);
   if (found.failure()) return found;
-  Warmed warmed = {};
-  ffi::Error listed = list_warmed(warm, warm_bytes, &warmed);
-  if (listed.failure()) return listed;
-  if (warm_blocks < 0 || warm_blocks > 1024) return ffi::Error::InvalidArgument("add_rms_norm: bad warm_blocks");
-  const int rows = static_cast<int>(n_bytes / row_bytes), blocks = rows + (warmed.count ? int(warm_blocks) : 0);
+  const int rows = static_cast<int>(n_bytes / row_bytes);
   const char* in = static_cast<const char*>(partial.untyped_data());
   const char* before = static_cast<const char*>(residual.untyped_data());
   const char* w = static_cast<const char*>(weight.untyped_data());
@@ -487,14 +422,14 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
   const int bytes = static_cast<int>(row_bytes), n_ranks = static_cast<int>(group_size);
   switch (type) {
     case ffi::DataType::BF16:
-      return launch(stream, blocks, add_rms_norm_kernel<__nv_bfloat16>, in, before, w, after, out, rows, bytes, eps,
-                    peers, rank, n_ranks, warmed);
+      return launch(stream, rows, add_rms_norm_kernel<__nv_bfloat16>, in, before, w, after, out, bytes, eps, peers,
+                    rank, n_ranks);
     case ffi::DataType::F16:
-      return launch(stream, blocks, add_rms_norm_kernel<__half>, in, before, w, after, out, rows, bytes, eps, peers,
-                    rank, n_ranks, warmed);
+      return launch(stream, rows, add_rms_norm_kernel<__half>, in, before, w, after, out, bytes, eps, peers, rank,
+                    n_ranks);
     case ffi::DataType::F32:
-      return launch(stream, blocks, add_rms_norm_kernel<float>, in, before, w, after, out, rows, bytes, eps, peers,
-                    rank, n_ranks, warmed);
+      return launch(stream, rows, add_rms_norm_kernel<float>, in, before, w, after, out, bytes, eps, peers, rank,
+                    n_ranks);
     default:
       return ffi::Error::InvalidArgument("add_rms_norm: only bfloat16, float16 and float32");
   }
@@ -517,12 +452,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(chimera_add_rms_norm, add_rms_norm,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
-                                  .RemainingArgs()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("groups")
                                   .Attr<int64_t>("group_size")
-                                  .Attr<float>("eps")
-                                  .Attr<ffi::Span<const int64_t>>("warm_bytes")
-                                  .Attr<int64_t>("warm_blocks"),
+                                  .Attr<float>("eps"),
                               {ffi::Traits::kCmdBufferCompatible});

@@ -8,16 +8,11 @@ all-reduce (all_reduce.py) `row_parallel_output` therefore hands the model the p
 unsummed, as an `Unreduced`, and `add_rms_norm` sums, adds and normalises them in one kernel
 (all_reduce.cu's add_rms_norm_kernel). Anywhere else a block's output is the array
 `row_parallel_linear` makes.
-
-While it waits on the other devices' partial products that kernel may also warm L2 with the weights
-the next block reads first (its `first_weights`): HBM is otherwise idle then, and the next GEMM finds
-them in L2. CHIMERA_WARM_L2_MB sets how many megabytes a call warms (0: none).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import numpy as np
@@ -26,9 +21,6 @@ from jax.sharding import Mesh, PartitionSpec
 from chimera.runtime.linear import linear
 from chimera.runtime.norm import rms_norm
 from chimera.sharding import all_reduce
-from chimera.sharding.rules import partition_spec
-
-WARM_BLOCKS = 16  # thread blocks of the kernel that ask L2 for the weights, beside its rows
 
 
 @jax.tree_util.register_dataclass
@@ -79,52 +71,26 @@ def fuses(residual, y: Unreduced, weight) -> bool:
             and residual.size // residual.shape[-1] <= all_reduce.MAX_ROWS)
 
 
-def warm_budget(environ=os.environ) -> int:
-    """Bytes of weights one fused call warms in L2 on each device: CHIMERA_WARM_L2_MB megabytes."""
-    value = environ.get("CHIMERA_WARM_L2_MB", "0")
-    try:
-        megabytes = float(value)
-    except ValueError:
-        megabytes = -1.0
-    if not 0 <= megabytes <= 1024:
-        raise ValueError(f"CHIMERA_WARM_L2_MB must be a number of megabytes in [0, 1024], got {value!r}")
-    return int(megabytes * 2**20)
-
-
-def warm_shares(sizes, budget: int) -> list[int]:
-    """Bytes to warm of buffers of `sizes` bytes within `budget`: shares in proportion to their sizes
-    (a GEMM reads its weights' first rows first, all of them at once), whole 16-byte lines."""
-    total = sum(sizes)
-    if total <= budget:
-        return [size - size % 16 for size in sizes]
-    return [(size * budget // total) // 16 * 16 for size in sizes]
-
-
-def add_rms_norm(residual, y, weight, eps: float, warm=()):
+def add_rms_norm(residual, y, weight, eps: float):
     """residual [B, T, D] + y (a block's output) and its `rms_norm` by weight [D]: (new residual,
     normed), both [B, T, D]. An `Unreduced` y is summed, added and normalised in one kernel where it
-    `fuses`, with runtime/norm.py's arithmetic (the sum of squares in another order). `warm`: (weight,
-    logical axes) pairs of the block that takes `normed`, which that kernel warms in L2 (`warm_budget`)."""
+    `fuses`, with runtime/norm.py's arithmetic (the sum of squares in another order)."""
     if not isinstance(y, Unreduced) or not fuses(residual, y, weight):
         residual = residual + finished(y)
         return residual, rms_norm(residual, weight, eps)
-    budget = warm_budget()
-    warmed = [array for array, _ in warm] if budget else []
-    warmed_specs = [partition_spec(axes, array.shape, y.mesh) for array, axes in warm] if budget else []
 
-    def local(partial, residual, weight, *warmed):  # [1, B, T, D], [B, T, D], [D], this device's weights
-        shares = warm_shares([array.size * array.dtype.itemsize for array in warmed], budget)
-        return sum_add_rms_norm(partial[0], residual, weight, eps, y.mesh, warmed, shares)
+    def local(partial, residual, weight):  # [1, B, T, D], [B, T, D], [D]
+        return sum_add_rms_norm(partial[0], residual, weight, eps, y.mesh)
 
     replicated = PartitionSpec()
-    return jax.shard_map(local, mesh=y.mesh, in_specs=(PartitionSpec("tensor"), replicated, replicated, *warmed_specs),
-                         out_specs=(replicated, replicated), check_vma=False)(y.partials, residual, weight, *warmed)
+    return jax.shard_map(local, mesh=y.mesh, in_specs=(PartitionSpec("tensor"), replicated, replicated),
+                         out_specs=(replicated, replicated), check_vma=False)(y.partials, residual, weight)
 
 
-def sum_add_rms_norm(partial, residual, weight, eps: float, mesh: Mesh, warmed=(), warm_bytes=()):
+def sum_add_rms_norm(partial, residual, weight, eps: float, mesh: Mesh):
     """Inside a shard_map over `mesh`: residual + the sum of `partial` over `tensor`, and its RMS norm
-    by `weight`, by the kernel, which also asks L2 for the first warm_bytes[i] bytes of warmed[i]."""
+    by `weight`, by the kernel."""
     shape = jax.ShapeDtypeStruct(residual.shape, residual.dtype)
     return jax.ffi.ffi_call(all_reduce.ADD_RMS_NORM_TARGET, (shape, shape))(
-        partial, residual, weight, *warmed, groups=all_reduce.groups(mesh), group_size=np.int64(mesh.shape["tensor"]),
-        eps=np.float32(eps), warm_bytes=np.asarray(warm_bytes, np.int64), warm_blocks=np.int64(WARM_BLOCKS))
+        partial, residual, weight, groups=all_reduce.groups(mesh), group_size=np.int64(mesh.shape["tensor"]),
+        eps=np.float32(eps))

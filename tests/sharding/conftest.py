@@ -13,7 +13,6 @@ class Summed(list):
     def __init__(self):
         super().__init__()
         self.fused = []
-        self.warmed = []  # a list a fused call: (this device's shape, bytes) of each weight it warms
 
 
 @pytest.fixture
@@ -26,9 +25,8 @@ def psum_for_kernel(monkeypatch):
         summed.append(partial.shape)
         return jax.lax.psum(partial, "tensor")
 
-    def psum_add_rms_norm(partial, before, weight, eps, mesh, warmed=(), warm_bytes=()):
+    def psum_add_rms_norm(partial, before, weight, eps, mesh):
         summed.fused.append(partial.shape)
-        summed.warmed.append([(array.shape, bytes) for array, bytes in zip(warmed, warm_bytes, strict=True)])
         after = before + jax.lax.psum(partial, "tensor")
         return after, rms_norm(after, weight, eps)
 
