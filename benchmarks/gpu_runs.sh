@@ -879,6 +879,30 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
+  x2-gemv-k)  # 2 GPUs (session 13): chimera's one-row product (runtime/gemv.cu, its splits fitting one wave, x in shared
+              # memory) against float64 and XLA, the profile of llama-3-8b (8 layers) tensor=2 with it, then llama-3-8b
+              # tensor=2 and one GPU with it and without, alternated
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    echo "== gemv"; timeout 200 python3 benchmarks/gemv.py --json $R/gemv.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -16 \
+      | cut -c1-330; save
+    CHIMERA_GEMV=chimera profile_8layers gemv 24
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
+    for run in "xla tensor=2" "chimera tensor=2" "chimera 1" "xla tensor=2" "chimera tensor=2" "xla 1"; do
+      set -- $run; mesh=""; [ $2 != 1 ] && mesh="--mesh $2"
+      echo "== gemv=$1 $2"; CHIMERA_GEMV=$1 timeout 90 python3 -m chimera.runtime.cli $words $mesh \
+        --json $R/$2-gemv-$1-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
+  h100-gemv-k)  # 1 GPU (session 13): chimera's one-row product (runtime/gemv.cu) against float64 and XLA, then llama-3-8b
+                # on one GPU with it and without, alternated
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    echo "== gemv"; timeout 200 python3 benchmarks/gemv.py --json $R/gemv.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -16; save
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
+    for choice in xla chimera xla chimera; do
+      echo "== 1gpu gemv=$choice"; CHIMERA_GEMV=$choice timeout 90 python3 -m chimera.runtime.cli $words \
+        --json $R/1gpu-gemv-$choice-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-warm-k)  # 2 GPUs (session 13): the fused kernel warming L2 with the next block's first weights (CHIMERA_WARM_L2_MB):
               # the profile of llama-3-8b (8 layers) tensor=2 warming 32 MB a call, then llama-3-8b tensor=2 at several
               # budgets, alternated in one lease (the code is commit "Experiment (reverted next)" of session 13)
