@@ -6,7 +6,7 @@
 //
 // Thread block b of a cluster of `splits` blocks takes a tile of W's columns (128 bytes of a row) and
 // the split-th share of its rows (x's share in shared memory): 8 threads span a row's 128 bytes (16 bytes each), 32 rows at a time,
-// each thread holding a batch of 8 rows' loads in flight. Its 32 row sums are added in a fixed order,
+// each thread keeping two batches of 8 rows' loads in flight. Its 32 row sums are added in a fixed order,
 // then the cluster's first block adds the blocks' sums in rank order from their shared memory (Hopper's
 // distributed shared memory): the same bits on every call, no workspace, one kernel.
 //
@@ -45,7 +45,7 @@ template <>
 __device__ __forceinline__ float from_float(float value) { return value; }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const T* x, const T* w, T* y, int rows, int columns,
+__global__ void __launch_bounds__(kThreads, 2) gemv_kernel(const T* x, const T* w, T* y, int rows, int columns,
                                                         int rows_per_split) {
 #if __CUDA_ARCH__ >= 900
   constexpr int kPerLoad = 16 / sizeof(T);            // values a 16-byte load
@@ -58,16 +58,19 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const T* x, const T* 
   const int first_row = split * rows_per_split, end_row = min(rows, first_row + rows_per_split);
   const T* column = w + size_t(tile) * kTileColumns + lane * kPerLoad;  // row 0 of this thread's 16 bytes
 
-  uint4 next[kBatch];
-  auto load = [&](int batch_row) {  // rows batch_row + row_lane + i * kRowLanes
+  // Two batches in flight: while a thread multiplies one, the next one's loads are on their way.
+  const int step = kBatch * kRowLanes;  // rows a batch
+  uint4 even[kBatch], odd[kBatch];
+  auto load = [&](uint4* batch, int batch_row) {  // rows batch_row + row_lane + i * kRowLanes
 #pragma unroll
     for (int i = 0; i < kBatch; ++i) {
       const int row = batch_row + row_lane + i * kRowLanes;
-      next[i] = row < end_row ? __ldg(reinterpret_cast<const uint4*>(column + size_t(row) * columns))
-                              : make_uint4(0, 0, 0, 0);
+      batch[i] = row < end_row ? __ldg(reinterpret_cast<const uint4*>(column + size_t(row) * columns))
+                               : make_uint4(0, 0, 0, 0);
     }
   };
-  load(first_row);
+  load(even, first_row);
+  load(odd, first_row + step);
   asm volatile("griddepcontrol.wait;" ::: "memory");
   // This split's share of x, in shared memory: each batch then waits on W alone.
   extern __shared__ float xs[];
@@ -75,19 +78,21 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_kernel(const T* x, const T* 
   __syncthreads();
 
   float sums[kPerLoad] = {};
-  for (int batch_row = first_row; batch_row < end_row; batch_row += kBatch * kRowLanes) {
-    uint4 current[kBatch];
-#pragma unroll
-    for (int i = 0; i < kBatch; ++i) current[i] = next[i];
-    if (batch_row + kBatch * kRowLanes < end_row) load(batch_row + kBatch * kRowLanes);
+  auto multiply = [&](const uint4* batch, int batch_row) {
 #pragma unroll
     for (int i = 0; i < kBatch; ++i) {
       const int row = batch_row + row_lane + i * kRowLanes;
       const float x_value = row < end_row ? xs[row - first_row] : 0.f;
-      const T* values = reinterpret_cast<const T*>(&current[i]);
+      const T* values = reinterpret_cast<const T*>(&batch[i]);
 #pragma unroll
       for (int j = 0; j < kPerLoad; ++j) sums[j] += x_value * to_float(values[j]);
     }
+  };
+  for (int batch_row = first_row; batch_row < end_row; batch_row += 2 * step) {
+    multiply(even, batch_row);
+    if (batch_row + 2 * step < end_row) load(even, batch_row + 2 * step);
+    if (batch_row + step < end_row) multiply(odd, batch_row + step);
+    if (batch_row + 3 * step < end_row) load(odd, batch_row + 3 * step);
   }
   asm volatile("griddepcontrol.launch_dependents;");
 
@@ -131,12 +136,12 @@ static cudaLaunchConfig_t configure(cudaStream_t stream, cudaLaunchAttribute* at
   return config;
 }
 
-// Blocks a cluster: the most (up to kMaxSplits, each with a batch of rows for every thread) whose
+// Blocks a cluster: the most (up to kMaxSplits, each with two batches of rows for every thread) whose
 // clusters all fit on the GPU at once. A second wave of long blocks would nearly double the time.
 template <typename T>
 static int choose_splits(cudaStream_t stream, int tiles, int rows) {
   int best = 1;
-  for (int splits = 2; splits <= kMaxSplits && rows / splits >= kBatch * kRowLanes; splits *= 2) {
+  for (int splits = 2; splits <= kMaxSplits && rows / splits >= 2 * kBatch * kRowLanes; splits *= 2) {
     cudaLaunchAttribute attributes[2] = {};
     cudaLaunchConfig_t config = configure<T>(stream, attributes, tiles, splits, rows);
     int clusters = 0;
