@@ -879,8 +879,8 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
-  x2-gemv-k)  # 2 GPUs (session 13): chimera's one-row product (runtime/gemv.cu, its splits fitting one wave, x in shared
-              # memory) against float64 and XLA, the profile of llama-3-8b (8 layers) tensor=2 with it, then llama-3-8b
+  x2-gemv-k)  # 2 GPUs (session 13; the code is session 13's commit "chimera's one-row product", reverted since): chimera's
+              # one-row product (runtime/gemv.cu, its splits fitting one wave, x in shared memory) against float64 and XLA, the profile of llama-3-8b (8 layers) tensor=2 with it, then llama-3-8b
               # tensor=2 and one GPU with it and without, alternated
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     echo "== gemv"; timeout 200 python3 benchmarks/gemv.py --json $R/gemv.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -16 \
@@ -893,8 +893,8 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
         --json $R/$2-gemv-$1-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
     done
     ;;
-  h100-gemv-k)  # 1 GPU (session 13): chimera's one-row product (runtime/gemv.cu) against float64 and XLA, then llama-3-8b
-                # on one GPU with it and without, alternated
+  h100-gemv-k)  # 1 GPU (session 13; the code is session 13's gemv.cu commits, reverted since): chimera's one-row product
+                # (runtime/gemv.cu) against float64 and XLA, then llama-3-8b on one GPU with it and without, alternated
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     echo "== gemv"; timeout 200 python3 benchmarks/gemv.py --json $R/gemv.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -16; save
     words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"

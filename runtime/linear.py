@@ -7,14 +7,11 @@ every attention projection of a 1B one, and most of a layer once tensor parallel
 On an H200 that reduction ran 2-3x slower than the GEMM (0.35-0.63 vs 0.85-1.5 TB/s on the
 weight, `benchmarks/matvec_lowering.py`). Two rows are not a vector, so a single row is
 padded with a zero row, multiplied, and the zero row's result dropped: a few KB more of work.
-Where chimera's own one-row kernel `takes` the product (runtime/gemv.py), it computes it instead.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
-
-from chimera.runtime import gemv
 
 
 def linear(spec: str, x, w):
@@ -22,7 +19,5 @@ def linear(spec: str, x, w):
     same product, computed over two rows when B x T is 1 (see the module docstring)."""
     if x.shape[0] * x.shape[1] != 1:
         return jnp.einsum(spec, x, w)
-    if gemv.takes(spec, x, w):
-        return gemv.product(spec, x, w)
     padded = jnp.pad(x, [(0, 1)] + [(0, 0)] * (x.ndim - 1))  # [2, 1, ...]: row 1 is zeros
     return jnp.einsum(spec, padded, w)[:1]

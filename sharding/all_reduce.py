@@ -7,8 +7,9 @@ calls a step (BENCHMARKS.md, sessions 10-11). `all_reduce.cu` does it in one ker
 rank writes its partial sum into its peers' memory as flagged lines, waits for theirs and adds all
 ranks' values in rank order (so every device holds the same bits).
 
-It is built with nvcc on first use (runtime/nvcc.py), called through XLA's FFI, and needs one
-process driving every GPU of the mesh with peer access between them. `prepare(mesh)` readies a mesh's devices (the Engine calls it on GPU meshes split over `tensor`
+It is built here with nvcc on first use (into $CHIMERA_CACHE, default ~/.cache/chimera), called
+through XLA's FFI, and needs one process driving every GPU of the mesh with peer access between
+them. `prepare(mesh)` readies a mesh's devices (the Engine calls it on GPU meshes split over `tensor`
 alone). Programs traced `summing_on` such a mesh (the Engine's are) then send it the sums of
 `row_parallel_linear` and `psum` that fit its buffers. Anywhere else (CPU, no nvcc, other meshes,
 larger sums) XLA's all-reduce does them, with the same result up to the order of a float sum.
@@ -20,18 +21,21 @@ import contextlib
 import contextvars
 import ctypes
 import functools
+import hashlib
+import importlib.metadata
 import math
 import os
 import pathlib
+import shutil
+import subprocess
+import tempfile
 import warnings
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from chimera.runtime import nvcc
 from chimera.runtime.linear import linear
-from chimera.runtime.nvcc import Unavailable, find_nvcc  # noqa: F401 (this module's errors; tests)
 
 SOURCE = pathlib.Path(__file__).with_name("all_reduce.cu")
 TARGET = "chimera_all_reduce"
@@ -41,13 +45,49 @@ MAX_RANKS = 8  # devices a group, at most (kMaxRanks)
 MAX_ROWS = 64  # rows of one add_rms_norm call, at most (kMaxRows)
 MAX_ROW_BYTES = 16 * 1024  # bytes of one of its rows, at most (kRowBytes)
 
+# Machine code for Ampere and Hopper, and Hopper's PTX for newer GPUs to compile at load: one cached
+# library serves every GPU a shared home directory may meet.
+ARCHITECTURES = ("-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+                 "-gencode=arch=compute_90,code=compute_90")
+
 _prepared: set[int] = set()  # CUDA ordinals whose workspace exists
 _summing_on: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("summing_on", default=None)
 
 
+class Unavailable(RuntimeError):
+    """chimera's all-reduce cannot run here; the message says why."""
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("CHIMERA_CACHE", pathlib.Path.home() / ".cache" / "chimera"))
+
+
+def find_nvcc() -> str:
+    for candidate in (shutil.which("nvcc"), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise Unavailable("nvcc not found (on PATH or in $CUDA_HOME/bin)")
+
+
 def build() -> pathlib.Path:
-    """The shared library, compiled from all_reduce.cu unless the cache has it (runtime/nvcc.py)."""
-    return nvcc.build(SOURCE)
+    """The shared library, compiled from all_reduce.cu (for ARCHITECTURES) unless the cache has it."""
+    nvcc = find_nvcc()
+    source = SOURCE.read_bytes()
+    words = " ".join([importlib.metadata.version("jaxlib"), nvcc, *ARCHITECTURES]).encode()
+    key = hashlib.sha256(source + words).hexdigest()[:16]
+    library = cache_dir() / f"all_reduce-{key}.so"
+    if library.exists():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+        built = pathlib.Path(scratch) / library.name
+        command = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", *ARCHITECTURES,
+                   "-diag-suppress", "940,2473", "-I", jax.ffi.include_dir(), str(SOURCE), "-o", str(built)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode:
+            raise Unavailable(f"nvcc failed on {SOURCE.name}: {result.stderr.strip()[-1000:]}")
+        built.replace(library)  # atomic: another process may be building it too
+    return library
 
 
 @functools.cache

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import chimera
-from chimera.runtime import nvcc
 from chimera.sharding import all_reduce
 from sharding_cases import greedy_tokens, random_params, tensor_mesh
 
@@ -87,7 +86,7 @@ def test_buffer_sizes_agree_with_the_kernel_source():
 
 
 def test_no_nvcc_is_unavailable(monkeypatch, tmp_path):
-    monkeypatch.setattr(nvcc.shutil, "which", lambda name: None)
+    monkeypatch.setattr(all_reduce.shutil, "which", lambda name: None)
     monkeypatch.setenv("CUDA_HOME", str(tmp_path))
     with pytest.raises(all_reduce.Unavailable, match="nvcc not found"):
         all_reduce.build()
