@@ -879,6 +879,23 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
+  x2-split-k)  # 2 GPUs (session 13): the o and down products as float32 K-splits summed by the fused kernel: llama-3-8b
+               # (8 layers) tensor=2 == one GPU with one prompt (one-row steps: the split path) in float32 and bfloat16,
+               # then llama-3-8b tensor=2 with the splits and without (benchmarks/unsplit_bench.py), alternated
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    llama_8layers; opts=$(chimera_xla_flags)
+    for dtype in float32 bfloat16; do
+      XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 python3 benchmarks/sharded_equality.py --dtype $dtype \
+        --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --prompts 17 --new-tokens 16 \
+        --json $R/equality-8layers-one-row-$dtype.json > $R/equality-$dtype.log 2>&1
+      echo "== equality $dtype exit $?"; grep -E '"identical"|rror' $R/equality-$dtype.log | tail -n 3 | cut -c1-300; save
+    done
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1 --mesh tensor=2"
+    for program in "-m chimera.runtime.cli" benchmarks/unsplit_bench.py "-m chimera.runtime.cli" benchmarks/unsplit_bench.py; do
+      echo "== $program"; timeout 90 python3 $program $words --json $R/tensor2-$(basename ${program##* })-$RANDOM.json 2>&1 \
+        | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-gemv-k)  # 2 GPUs (session 13; the code is session 13's commit "chimera's one-row product", reverted since): chimera's
               # one-row product (runtime/gemv.cu, its splits fitting one wave, x in shared memory) against float64 and XLA, the profile of llama-3-8b (8 layers) tensor=2 with it, then llama-3-8b
               # tensor=2 and one GPU with it and without, alternated
