@@ -879,7 +879,8 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
-  x2-split-k)  # 2 GPUs (session 13): the o and down products as float32 K-splits summed by the fused kernel: llama-3-8b
+  x2-split-k)  # 2 GPUs (session 13; the code is session 13's commit "The o and down products of one row as float32 K-splits",
+               # reverted since): the o and down products as float32 K-splits summed by the fused kernel: llama-3-8b
                # (8 layers) tensor=2 == one GPU with one prompt (one-row steps: the split path) in float32 and bfloat16,
                # then llama-3-8b tensor=2 with the splits and without (benchmarks/unsplit_bench.py), alternated
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }

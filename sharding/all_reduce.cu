@@ -186,22 +186,18 @@ __global__ void __launch_bounds__(kThreads) all_reduce_kernel(const char* input,
 }
 
 // Row blockIdx.x of [rows, row_bytes / sizeof(T)]: residual + the group's sum of `partial`, and its RMS
-// norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm). This rank's
-// partial is the sum of `splits` arrays of P (split_bytes apart: a product's K-splits, in float32), added
-// in order and rounded to T; with one split of T, the array itself.
-template <typename T, typename P>
+// norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm).
+template <typename T>
 __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* partial, const char* residual,
                                                                 const char* weight, char* new_residual,
                                                                 char* normed, int row_bytes, float eps,
-                                                                int splits, size_t split_bytes, Peers peers,
-                                                                int rank, int n_ranks) {
+                                                                Peers peers, int rank, int n_ranks) {
   constexpr int kPerLine = 16 / sizeof(T);
   const int row = blockIdx.x;
   const size_t row_start = size_t(row) * row_bytes;  // in the arrays
   const size_t row_place = size_t(row) * kRowBytes;  // in the workspace's messages
   // Every load is issued before the first wait: each one's latency would otherwise add to the call's.
   // The weight is a parameter, which no kernel writes: it is read before the kernel before has finished.
-  constexpr int kPartialLoads = sizeof(P) / sizeof(T);  // 16-byte loads of P for 16 bytes of T
   uint4 weights[kLinesPerThread], own[kLinesPerThread], before[kLinesPerThread];
 #pragma unroll
   for (int k = 0; k < kLinesPerThread; ++k) {
@@ -215,20 +211,8 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* part
   for (int k = 0; k < kLinesPerThread; ++k) {
     const int offset = (threadIdx.x + k * kThreads) * 16;
     if (offset >= row_bytes) break;
+    own[k] = *reinterpret_cast<const uint4*>(partial + row_start + offset);
     before[k] = *reinterpret_cast<const uint4*>(residual + row_start + offset);
-    if (kPartialLoads == 1 && splits == 1) {
-      own[k] = *reinterpret_cast<const uint4*>(partial + row_start + offset);
-      continue;
-    }
-    float sums[kPerLine] = {};
-    for (int split = 0; split < splits; ++split) {
-      const char* line = partial + split * split_bytes + (row_start + offset) * kPartialLoads;
-#pragma unroll
-      for (int load = 0; load < kPartialLoads; ++load) {
-        add<P>(sums + load * (16 / int(sizeof(P))), *reinterpret_cast<const uint4*>(line + load * 16));
-      }
-    }
-    own[k] = pack<T>(sums);
   }
 #pragma unroll
   for (int k = 0; k < kLinesPerThread; ++k) {
@@ -298,11 +282,9 @@ const char* chimera_all_reduce_init(const int* ordinals, int n_devices) {
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, all_reduce_kernel<__nv_bfloat16>);
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, all_reduce_kernel<__half>);
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, all_reduce_kernel<float>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__nv_bfloat16, __nv_bfloat16>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__nv_bfloat16, float>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__half, __half>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__half, float>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<float, float>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__nv_bfloat16>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__half>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<float>);
     for (int j = 0; status == cudaSuccess && j < n_devices; ++j) {
       if (ordinals[j] == device) continue;
       int can_access = 0;
@@ -410,28 +392,17 @@ static ffi::Error all_reduce(cudaStream_t stream, int32_t device, ffi::AnyBuffer
   }
 }
 
-// residual, new_residual, normed: [rows, D]; weight: [D]; all of one type T. partial: [rows, D] of T, or
-// [splits, padded_rows >= rows, D] of float32 (a product's K-splits, their first rows summed).
+// partial, residual, new_residual, normed: [rows, D]; weight: [D]; all of one type.
 static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuffer partial, ffi::AnyBuffer residual,
                                ffi::AnyBuffer weight, ffi::Result<ffi::AnyBuffer> new_residual,
                                ffi::Result<ffi::AnyBuffer> normed, ffi::Span<const int64_t> groups,
-                               int64_t group_size, float eps, int64_t splits) {
+                               int64_t group_size, float eps) {
   const ffi::DataType type = residual.element_type();
-  const bool float_splits = partial.element_type() == ffi::DataType::F32 && type != ffi::DataType::F32;
-  if ((partial.element_type() != type && !float_splits) || weight.element_type() != type) {
-    return ffi::Error::InvalidArgument("add_rms_norm: residual and weight must share one type, partial that or "
-                                       "float32");
+  if (partial.element_type() != type || weight.element_type() != type) {
+    return ffi::Error::InvalidArgument("add_rms_norm: partial, residual and weight must share one type");
   }
   const size_t row_bytes = weight.size_bytes(), n_bytes = residual.size_bytes();
-  const size_t widening = float_splits ? 4 / ffi::ByteWidth(type) : 1;  // partial bytes a residual byte
-  const size_t split_bytes = splits > 0 ? partial.size_bytes() / size_t(splits) : 0;
-  if (splits < 1 || partial.size_bytes() % size_t(splits) != 0 || split_bytes < n_bytes * widening ||
-      split_bytes % (row_bytes * widening) != 0) {
-    return ffi::Error::InvalidArgument("add_rms_norm: a partial of " + std::to_string(partial.size_bytes()) +
-                                       " bytes is not " + std::to_string(splits) + " splits of at least the " +
-                                       std::to_string(n_bytes) + " bytes' rows");
-  }
-  if (row_bytes == 0 || row_bytes % 16 != 0 || row_bytes > size_t(kRowBytes) ||
+  if (row_bytes == 0 || row_bytes % 16 != 0 || row_bytes > size_t(kRowBytes) || partial.size_bytes() != n_bytes ||
       n_bytes % row_bytes != 0 || n_bytes / row_bytes > size_t(kMaxRows)) {
     return ffi::Error::InvalidArgument("add_rms_norm: rows of " + std::to_string(row_bytes) + " bytes (a multiple "
                                        "of 16 up to " + std::to_string(kRowBytes) + "), " +
@@ -448,21 +419,17 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
   const char* w = static_cast<const char*>(weight.untyped_data());
   char* after = static_cast<char*>(new_residual->untyped_data());
   char* out = static_cast<char*>(normed->untyped_data());
-  const int bytes = static_cast<int>(row_bytes), n_ranks = static_cast<int>(group_size), n_splits = int(splits);
+  const int bytes = static_cast<int>(row_bytes), n_ranks = static_cast<int>(group_size);
   switch (type) {
     case ffi::DataType::BF16:
-      return float_splits ? launch(stream, rows, add_rms_norm_kernel<__nv_bfloat16, float>, in, before, w, after, out,
-                                   bytes, eps, n_splits, split_bytes, peers, rank, n_ranks)
-                          : launch(stream, rows, add_rms_norm_kernel<__nv_bfloat16, __nv_bfloat16>, in, before, w,
-                                   after, out, bytes, eps, n_splits, split_bytes, peers, rank, n_ranks);
+      return launch(stream, rows, add_rms_norm_kernel<__nv_bfloat16>, in, before, w, after, out, bytes, eps, peers,
+                    rank, n_ranks);
     case ffi::DataType::F16:
-      return float_splits ? launch(stream, rows, add_rms_norm_kernel<__half, float>, in, before, w, after, out, bytes,
-                                   eps, n_splits, split_bytes, peers, rank, n_ranks)
-                          : launch(stream, rows, add_rms_norm_kernel<__half, __half>, in, before, w, after, out, bytes,
-                                   eps, n_splits, split_bytes, peers, rank, n_ranks);
+      return launch(stream, rows, add_rms_norm_kernel<__half>, in, before, w, after, out, bytes, eps, peers, rank,
+                    n_ranks);
     case ffi::DataType::F32:
-      return launch(stream, rows, add_rms_norm_kernel<float, float>, in, before, w, after, out, bytes, eps, n_splits,
-                    split_bytes, peers, rank, n_ranks);
+      return launch(stream, rows, add_rms_norm_kernel<float>, in, before, w, after, out, bytes, eps, peers, rank,
+                    n_ranks);
     default:
       return ffi::Error::InvalidArgument("add_rms_norm: only bfloat16, float16 and float32");
   }
@@ -489,6 +456,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(chimera_add_rms_norm, add_rms_norm,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("groups")
                                   .Attr<int64_t>("group_size")
-                                  .Attr<float>("eps")
-                                  .Attr<int64_t>("splits"),
+                                  .Attr<float>("eps"),
                               {ffi::Traits::kCmdBufferCompatible});
