@@ -879,6 +879,19 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
+  x2-bcast-l)  # 2 GPUs (session 14): one-row products as two rows by a broadcast (runtime/linear.py) instead of a zero row:
+               # the profile of llama-3-8b (8 layers) tensor=2, then llama-3-8b tensor=2 and one GPU with the broadcast and
+               # with the zero row (benchmarks/zero_row_bench.py), alternated
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    profile_8layers bcast 24
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
+    for run in "-m@chimera.runtime.cli tensor=2" "benchmarks/zero_row_bench.py tensor=2" "-m@chimera.runtime.cli 1" \
+               "benchmarks/zero_row_bench.py 1" "-m@chimera.runtime.cli tensor=2" "benchmarks/zero_row_bench.py tensor=2"; do
+      set -- $run; program=${1/@/ }; mesh=""; [ $2 != 1 ] && mesh="--mesh $2"
+      echo "== $program $2"; timeout 90 python3 $program $words $mesh --json $R/$2-$(basename ${program##* })-$RANDOM.json 2>&1 \
+        | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-split-k)  # 2 GPUs (session 13; the code is session 13's commit "The o and down products of one row as float32 K-splits",
                # reverted since): the o and down products as float32 K-splits summed by the fused kernel: llama-3-8b
                # (8 layers) tensor=2 == one GPU with one prompt (one-row steps: the split path) in float32 and bfloat16,
