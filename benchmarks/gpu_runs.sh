@@ -879,8 +879,8 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
-  x2-bcast-l)  # 2 GPUs (session 14): one-row products as two rows by a broadcast (runtime/linear.py) instead of a zero row:
-               # the profile of llama-3-8b (8 layers) tensor=2, then llama-3-8b tensor=2 and one GPU with the broadcast and
+  x2-bcast-l)  # 2 GPUs (session 14; the code is session 14's commit "One-row products as two rows by a broadcast", reverted
+               # since): one-row products as two rows by a broadcast (runtime/linear.py) instead of a zero row: the profile of llama-3-8b (8 layers) tensor=2, then llama-3-8b tensor=2 and one GPU with the broadcast and
                # with the zero row (benchmarks/zero_row_bench.py), alternated
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     profile_8layers bcast 24

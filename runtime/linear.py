@@ -6,12 +6,7 @@ reduction when it is small ((1 + N) x K below 10M elements: the k/v projections 
 every attention projection of a 1B one, and most of a layer once tensor parallelism splits it).
 On an H200 that reduction ran 2-3x slower than the GEMM (0.35-0.63 vs 0.85-1.5 TB/s on the
 weight, `benchmarks/matvec_lowering.py`). Two rows are not a vector, so a single row is
-multiplied as two and the second row's result dropped: a few KB more of work.
-
-The second row is the first one again, a broadcast, not a zero row: its result is dropped either
-way, and XLA fuses a broadcast into the GEMM's operand, where a zero pad needs a producer to fuse
-into. After chimera's fused sum + residual add + norm (a custom call, sharding/residual.py) a pad
-had none and ran as a kernel of its own, twice a layer (BENCHMARKS.md, session 14).
+padded with a zero row, multiplied, and the zero row's result dropped: a few KB more of work.
 """
 
 from __future__ import annotations
@@ -24,5 +19,5 @@ def linear(spec: str, x, w):
     same product, computed over two rows when B x T is 1 (see the module docstring)."""
     if x.shape[0] * x.shape[1] != 1:
         return jnp.einsum(spec, x, w)
-    twice = jnp.broadcast_to(x, (2,) + x.shape[1:])  # [2, 1, ...]: row 1 is row 0
-    return jnp.einsum(spec, twice, w)[:1]
+    padded = jnp.pad(x, [(0, 1)] + [(0, 0)] * (x.ndim - 1))  # [2, 1, ...]: row 1 is zeros
+    return jnp.einsum(spec, padded, w)[:1]

@@ -14,7 +14,6 @@ import chimera.attention.attention
 import chimera.attention.mla
 import chimera.moe.mlp
 import chimera.sharding.all_reduce
-import chimera.sharding.residual
 from chimera.runtime.engine import Engine
 
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
@@ -52,21 +51,3 @@ def test_zero_row_below_pads_only_small_weights(scripts, monkeypatch):
     for w in (jax.random.normal(jax.random.key(2), (8, 4)), jax.random.normal(jax.random.key(3), (8, 16))):
         np.testing.assert_allclose(product("btd,df->btf", x, w), jnp.einsum("btd,df->btf", x, w), rtol=1e-6)
     assert padded == [32]
-
-
-def test_zero_row_bench_multiplies_as_before(monkeypatch):
-    """benchmarks/zero_row_bench.py's product (the zero row of runtime/linear.py before session 14) is the
-    einsum, and the product it replaces everywhere."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    for module in (chimera.attention.attention, chimera.attention.mla, chimera.moe.mlp, chimera.sharding.all_reduce,
-                   chimera.sharding.residual):
-        monkeypatch.setattr(module, "linear", module.linear)
-    zero_row_bench = importlib.import_module("zero_row_bench")
-    x = jax.random.normal(jax.random.key(1), (1, 1, 8))
-    w = jax.random.normal(jax.random.key(2), (8, 4))
-    jaxpr = jax.make_jaxpr(lambda x: zero_row_bench.zero_row_linear("btd,df->btf", x, w))(x)
-    assert "pad[" in str(jaxpr)  # inside jnp.pad's jit
-    np.testing.assert_allclose(zero_row_bench.zero_row_linear("btd,df->btf", x, w), jnp.einsum("btd,df->btf", x, w),
-                               rtol=1e-6)
-    zero_row_bench.replace_linear(zero_row_bench.zero_row_linear)
-    assert chimera.sharding.residual.linear is chimera.moe.mlp.linear is zero_row_bench.zero_row_linear
