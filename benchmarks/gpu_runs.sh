@@ -879,6 +879,28 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
+  h200-half-l)  # 1 GPU (session 14): tensor=2's step without its communication: llama-3-8b-half (llama-3-8b with one tensor=2
+                # device's share: 16 heads, 4 KV heads, d_ff 7168, half the vocabulary, so the same GEMM shapes) on one GPU,
+                # alternated with llama-3-8b; its profile (8 layers); then both with XLA's exhaustive tiling search
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    sed -e 's/^name: .*/name: llama-3-8b-half/' -e 's/^vocab_size: .*/vocab_size: 64128/' -e 's/n_heads: 32, n_kv_heads: 8/n_heads: 16, n_kv_heads: 4/' \
+      -e 's/d_ff: 14336/d_ff: 7168/' configs/llama-3-8b.yaml > $R/llama-3-8b-half.yaml
+    sed 's/^n_layers: .*/n_layers: 8/' $R/llama-3-8b-half.yaml > $R/llama-3-8b-half-8layers.yaml; cat $R/llama-3-8b-half.yaml
+    XLA_FLAGS="$(chimera_xla_flags) --xla_enable_command_buffers_during_profiling=true" timeout 120 python3 \
+      benchmarks/profile_decode.py --config $R/llama-3-8b-half-8layers.yaml --batch 1 --gen 16 --top 24 \
+      --out $R/profile-half > $R/profile-half.log 2>&1
+    echo "== profile half exit $?"; rm -rf $R/profile-half/trace; sed -n 3,30p $R/profile-half/summary.txt | cut -c1-150; save
+    words="bench --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
+    for config in configs/llama-3-8b.yaml $R/llama-3-8b-half.yaml configs/llama-3-8b.yaml $R/llama-3-8b-half.yaml; do
+      echo "== $config"; timeout 90 python3 -m chimera.runtime.cli $words --config $config \
+        --json $R/$(basename $config .yaml)-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    for config in $R/llama-3-8b-half.yaml configs/llama-3-8b.yaml; do
+      echo "== exhaustive $config"; XLA_FLAGS="--xla_gpu_exhaustive_tiling_search=true" timeout 240 python3 -m chimera.runtime.cli \
+        $words --config $config --json $R/exhaustive-$(basename $config .yaml).json 2>&1 | grep -vE "^[IW]0000|^WARNING" \
+        | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-bcast-l)  # 2 GPUs (session 14; the code is session 14's commit "One-row products as two rows by a broadcast", reverted
                # since): one-row products as two rows by a broadcast (runtime/linear.py) instead of a zero row: the profile of llama-3-8b (8 layers) tensor=2, then llama-3-8b tensor=2 and one GPU with the broadcast and
                # with the zero row (benchmarks/zero_row_bench.py), alternated
