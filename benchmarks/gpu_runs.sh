@@ -879,6 +879,19 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
+  x2-bound-l)  # 2 GPUs (session 14): llama-3-8b on one GPU, llama-3-8b-half on one GPU (tensor=2's step without its
+              # communication, see h200-half-l) and llama-3-8b tensor=2, alternated in one lease
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    sed -e 's/^name: .*/name: llama-3-8b-half/' -e 's/^vocab_size: .*/vocab_size: 64128/' -e 's/n_heads: 32, n_kv_heads: 8/n_heads: 16, n_kv_heads: 4/' \
+      -e 's/d_ff: 14336/d_ff: 7168/' configs/llama-3-8b.yaml > $R/llama-3-8b-half.yaml
+    words="bench --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
+    for run in "configs/llama-3-8b.yaml 1" "$R/llama-3-8b-half.yaml 1" "configs/llama-3-8b.yaml tensor=2" \
+               "configs/llama-3-8b.yaml 1" "$R/llama-3-8b-half.yaml 1" "configs/llama-3-8b.yaml tensor=2"; do
+      set -- $run; mesh=""; [ $2 != 1 ] && mesh="--mesh $2"
+      echo "== $1 $2"; timeout 90 python3 -m chimera.runtime.cli $words --config $1 $mesh \
+        --json $R/$(basename $1 .yaml)-$2-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
   h200-half-l)  # 1 GPU (session 14): tensor=2's step without its communication: llama-3-8b-half (llama-3-8b with one tensor=2
                 # device's share: 16 heads, 4 KV heads, d_ff 7168, half the vocabulary, so the same GEMM shapes) on one GPU,
                 # alternated with llama-3-8b; its profile (8 layers); then both with XLA's exhaustive tiling search
