@@ -879,6 +879,17 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
+  x2-skip-l)  # 2 GPUs (session 14; the code is session 14's commit "Experiment (reverted next): CHIMERA_SKIP_PEERS"): what
+             # the exchange costs: llama-3-8b tensor=2 with the fused kernel summing each device's own partial alone (wrong
+             # values, timing only) against as committed, alternated; the profile (8 layers) without the exchange
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    CHIMERA_SKIP_PEERS=1 profile_8layers skip 24
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1 --mesh tensor=2"
+    for skip in "" 1 "" 1; do
+      echo "== skip '$skip'"; CHIMERA_SKIP_PEERS=$skip timeout 90 python3 -m chimera.runtime.cli $words \
+        --json $R/tensor2-skip$skip-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-bound-l)  # 2 GPUs (session 14): llama-3-8b on one GPU, llama-3-8b-half on one GPU (tensor=2's step without its
               # communication, see h200-half-l) and llama-3-8b tensor=2, alternated in one lease
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
