@@ -416,7 +416,8 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
   if (found.failure()) return found;
   const int rows = static_cast<int>(n_bytes / row_bytes);
   int64_t n_group = group_size;
-  if (getenv("CHIMERA_SKIP_PEERS") != nullptr) {  // timing only (session 14's experiment): each device sums its own alone
+  const char* skip = getenv("CHIMERA_SKIP_PEERS");
+  if (skip != nullptr && *skip != '\0') {  // timing only (session 14's experiment): each device sums its own alone
     peers.workspace[0] = g_workspace[device];
     rank = 0;
     n_group = 1;
