@@ -879,6 +879,22 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
+  x2-timeline-l)  # 2 GPUs (session 14; the code is session 14's CHIMERA_SKIP_PEERS experiment, reverted since): a stretch
+                 # of kernels around the fused kernel on each GPU (benchmarks/kernel_timeline.py), llama-3-8b (8 layers)
+                 # tensor=2 as committed and without the exchange
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    llama_8layers
+    for skip in "" 1; do
+      XLA_FLAGS="$(chimera_xla_flags) --xla_enable_command_buffers_during_profiling=true" CHIMERA_SKIP_PEERS=$skip timeout 120 \
+        python3 benchmarks/profile_decode.py --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --batch 1 --gen 16 --top 8 \
+        --out $R/profile-skip$skip > $R/profile-skip$skip.log 2>&1; echo "== profile skip '$skip' exit $?"
+      for device in 0 1; do
+        python3 benchmarks/kernel_timeline.py $R/profile-skip$skip/trace --around add_rms_norm --count 36 --device $device \
+          > $R/timeline-skip$skip-gpu$device.txt 2>&1
+      done
+      cat $R/timeline-skip$skip-gpu0.txt; rm -rf $R/profile-skip$skip/trace $R/profile-skip$skip/decode.hlo.txt; save
+    done
+    ;;
   x2-skip-l)  # 2 GPUs (session 14; the code is session 14's commit "Experiment (reverted next): CHIMERA_SKIP_PEERS"): what
              # the exchange costs: llama-3-8b tensor=2 with the fused kernel summing each device's own partial alone (wrong
              # values, timing only) against as committed, alternated; the profile (8 layers) without the exchange
