@@ -881,10 +881,11 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     ;;
   x2-timeline-l)  # 2 GPUs (session 14; the code is session 14's CHIMERA_SKIP_PEERS experiment, reverted since): a stretch
                  # of kernels around the fused kernel on each GPU (benchmarks/kernel_timeline.py), llama-3-8b (8 layers)
-                 # tensor=2 as committed and without the exchange
+                 # tensor=2 as committed and without the exchange (SKIPS=none: as committed only)
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     llama_8layers
-    for skip in "" 1; do
+    for skip in ${SKIPS:-none 1}; do
+      skip=${skip/none/}
       XLA_FLAGS="$(chimera_xla_flags) --xla_enable_command_buffers_during_profiling=true" CHIMERA_SKIP_PEERS=$skip timeout 120 \
         python3 benchmarks/profile_decode.py --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --batch 1 --gen 16 --top 8 \
         --out $R/profile-skip$skip > $R/profile-skip$skip.log 2>&1; echo "== profile skip '$skip' exit $?"
