@@ -879,6 +879,27 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
+  x2-variant-l)  # 2 GPUs (session 14; the code is session 14's commit "Experiment (reverted next): CHIMERA_FUSED_VARIANT"):
+                # what the fused kernel's own time is made of, without the exchange (CHIMERA_SKIP_PEERS=1): as it is,
+                # launched without the programmatic-dependent attribute (plain), and an empty kernel in its place
+                # (empty: the custom call's floor); timelines of llama-3-8b (8 layers) tensor=2, then its step
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    llama_8layers
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1 --mesh tensor=2"
+    for variant in as-is plain empty; do
+      XLA_FLAGS="$(chimera_xla_flags) --xla_enable_command_buffers_during_profiling=true" CHIMERA_SKIP_PEERS=1 \
+        CHIMERA_FUSED_VARIANT=$variant timeout 120 python3 benchmarks/profile_decode.py --config $R/llama-3-8b-8layers.yaml \
+        --mesh tensor=2 --batch 1 --gen 16 --top 8 --out $R/profile-$variant > $R/profile-$variant.log 2>&1
+      echo "== profile $variant exit $?"
+      python3 benchmarks/kernel_timeline.py $R/profile-$variant/trace --around add_rms_norm --count 24 --device 0 \
+        > $R/timeline-$variant-gpu0.txt 2>&1
+      [ $variant = empty ] && python3 benchmarks/kernel_timeline.py $R/profile-$variant/trace --around empty_kernel --count 24 \
+        --device 0 > $R/timeline-$variant-gpu0.txt 2>&1
+      cat $R/timeline-$variant-gpu0.txt; rm -rf $R/profile-$variant/trace $R/profile-$variant/decode.hlo.txt; save
+      echo "== bench $variant"; CHIMERA_SKIP_PEERS=1 CHIMERA_FUSED_VARIANT=$variant timeout 90 python3 -m chimera.runtime.cli \
+        $words --json $R/tensor2-$variant.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-timeline-l)  # 2 GPUs (session 14; the code is session 14's CHIMERA_SKIP_PEERS experiment, reverted since): a stretch
                  # of kernels around the fused kernel on each GPU (benchmarks/kernel_timeline.py), llama-3-8b (8 layers)
                  # tensor=2 as committed and without the exchange (SKIPS=none: as committed only)
