@@ -879,6 +879,22 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
+  x2-bisect-l)  # 2 GPUs (session 14; the code is session 14's commit "Experiment (reverted next): the fused kernel's stages
+               # left out"): the fused kernel's own time without the exchange (CHIMERA_SKIP_PEERS=1) with one stage left out
+               # (CHIMERA_FUSED_VARIANT: noweight, nonorm, noepoch; wrong values, timing only), from timelines of llama-3-8b
+               # (8 layers) tensor=2
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    llama_8layers
+    for variant in as-is noweight nonorm noepoch as-is; do
+      XLA_FLAGS="$(chimera_xla_flags) --xla_enable_command_buffers_during_profiling=true" CHIMERA_SKIP_PEERS=1 \
+        CHIMERA_FUSED_VARIANT=$variant timeout 100 python3 benchmarks/profile_decode.py --config $R/llama-3-8b-8layers.yaml \
+        --mesh tensor=2 --batch 1 --gen 16 --top 8 --out $R/profile-$variant > $R/profile-$variant.log 2>&1
+      echo "== profile $variant exit $?"; grep add_rms_norm $R/profile-$variant/summary.txt | cut -c1-70
+      python3 benchmarks/kernel_timeline.py $R/profile-$variant/trace --around add_rms_norm --count 12 --device 0 \
+        > $R/timeline-$variant-gpu0.txt 2>&1
+      cat $R/timeline-$variant-gpu0.txt; rm -rf $R/profile-$variant; save
+    done
+    ;;
   x2-variant-l)  # 2 GPUs (session 14; the code is session 14's commit "Experiment (reverted next): CHIMERA_FUSED_VARIANT"):
                 # what the fused kernel's own time is made of, without the exchange (CHIMERA_SKIP_PEERS=1): as it is,
                 # launched without the programmatic-dependent attribute (plain), and an empty kernel in its place
