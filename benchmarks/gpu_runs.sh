@@ -879,6 +879,19 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench tensor2-unfused-b 70 1 CHIMERA_ALL_REDUCE=chimera benchmarks/unfused_bench.py "--mesh tensor=2"
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
+  x2-small-l)  # 2 GPUs (session 14; the code is session 14's commit "Experiment (reverted next): the kernels' code 45 KB ->
+              # 9 KB"): llama-3-8b tensor=2 with the smaller kernels, then the fused kernel's timeline without the exchange
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    echo "== bench"; timeout 80 python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 \
+      --gen 128 --repeats 3 --batch 1 --mesh tensor=2 --json $R/tensor2-small.json 2>&1 | grep -vE "^[IW]0000|^WARNING" \
+      | tail -2 | cut -c1-170; save
+    llama_8layers
+    XLA_FLAGS="$(chimera_xla_flags) --xla_enable_command_buffers_during_profiling=true" CHIMERA_SKIP_PEERS=1 timeout 80 \
+      python3 benchmarks/profile_decode.py --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --batch 1 --gen 16 --top 8 \
+      --out $R/profile-small > $R/profile-small.log 2>&1
+    echo "== profile exit $?"; grep add_rms_norm $R/profile-small/summary.txt | cut -c1-70
+    python3 benchmarks/kernel_timeline.py $R/profile-small/trace --around add_rms_norm --count 8 --device 0; rm -rf $R/profile-small/trace; save
+    ;;
   x2-bisect-l)  # 2 GPUs (session 14; the code is session 14's commit "Experiment (reverted next): the fused kernel's stages
                # left out"): the fused kernel's own time without the exchange (CHIMERA_SKIP_PEERS=1) with one stage left out
                # (CHIMERA_FUSED_VARIANT: noweight, nonorm, noepoch; wrong values, timing only), from timelines of llama-3-8b

@@ -36,7 +36,7 @@ namespace ffi = xla::ffi;
 
 constexpr int kMaxRanks = 8;
 constexpr int kMaxDevices = 64;
-constexpr int kThreads = 256;
+constexpr int kThreads = 1024;
 constexpr int kBlockBytes = kThreads * 16;  // 16 bytes of the message a thread
 constexpr int kMaxBlocks = 64;
 constexpr size_t kSlotBytes = size_t(kMaxBlocks) * kBlockBytes;  // the largest message: 256 KB
@@ -146,6 +146,7 @@ __device__ __forceinline__ char* lines_at(char* workspace, size_t area, size_t m
 // Sends `own`, this rank's 16 bytes at `place`, into every peer's area as two lines flagged `epoch`.
 __device__ __forceinline__ void send(const Peers& peers, int rank, int n_ranks, size_t area, size_t message_bytes,
                                      uint32_t epoch, size_t place, uint4 own) {
+#pragma unroll 1
   for (int peer = 0; peer < n_ranks; ++peer) {
     if (peer == rank) continue;
     char* to = lines_at(peers.workspace[peer], area, message_bytes, epoch, rank, place);
@@ -158,6 +159,7 @@ __device__ __forceinline__ void send(const Peers& peers, int rank, int n_ranks, 
 template <typename T>
 __device__ __forceinline__ void gather(float* sums, const Peers& peers, int rank, int n_ranks, size_t area,
                                        size_t message_bytes, uint32_t epoch, size_t place, uint4 own) {
+#pragma unroll 1
   for (int source = 0; source < n_ranks; ++source) {
     uint4 packed = own;
     if (source != rank) {
