@@ -880,7 +880,8 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
   x2-small-l)  # 2 GPUs (session 14; the code is session 14's commit "Experiment (reverted next): the kernels' code 45 KB ->
-              # 9 KB"): llama-3-8b tensor=2 with the smaller kernels, then the fused kernel's timeline without the exchange
+              # 9 KB"; not run: the session's device time was spent): llama-3-8b tensor=2 with the smaller kernels, then
+              # the fused kernel's timeline without the exchange
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     echo "== bench"; timeout 80 python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 \
       --gen 128 --repeats 3 --batch 1 --mesh tensor=2 --json $R/tensor2-small.json 2>&1 | grep -vE "^[IW]0000|^WARNING" \

@@ -23,7 +23,6 @@
 // flags only ever come from row r's calls).
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 
 #include <cuda_bf16.h>
@@ -36,7 +35,7 @@ namespace ffi = xla::ffi;
 
 constexpr int kMaxRanks = 8;
 constexpr int kMaxDevices = 64;
-constexpr int kThreads = 1024;
+constexpr int kThreads = 256;
 constexpr int kBlockBytes = kThreads * 16;  // 16 bytes of the message a thread
 constexpr int kMaxBlocks = 64;
 constexpr size_t kSlotBytes = size_t(kMaxBlocks) * kBlockBytes;  // the largest message: 256 KB
@@ -146,7 +145,6 @@ __device__ __forceinline__ char* lines_at(char* workspace, size_t area, size_t m
 // Sends `own`, this rank's 16 bytes at `place`, into every peer's area as two lines flagged `epoch`.
 __device__ __forceinline__ void send(const Peers& peers, int rank, int n_ranks, size_t area, size_t message_bytes,
                                      uint32_t epoch, size_t place, uint4 own) {
-#pragma unroll 1
   for (int peer = 0; peer < n_ranks; ++peer) {
     if (peer == rank) continue;
     char* to = lines_at(peers.workspace[peer], area, message_bytes, epoch, rank, place);
@@ -159,7 +157,6 @@ __device__ __forceinline__ void send(const Peers& peers, int rank, int n_ranks, 
 template <typename T>
 __device__ __forceinline__ void gather(float* sums, const Peers& peers, int rank, int n_ranks, size_t area,
                                        size_t message_bytes, uint32_t epoch, size_t place, uint4 own) {
-#pragma unroll 1
   for (int source = 0; source < n_ranks; ++source) {
     uint4 packed = own;
     if (source != rank) {
@@ -194,7 +191,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* partial, const char* residual,
                                                                 const char* weight, char* new_residual,
                                                                 char* normed, int row_bytes, float eps,
-                                                                Peers peers, int rank, int n_ranks, int variant) {
+                                                                Peers peers, int rank, int n_ranks) {
   constexpr int kPerLine = 16 / sizeof(T);
   const int row = blockIdx.x;
   const size_t row_start = size_t(row) * row_bytes;  // in the arrays
@@ -205,12 +202,11 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* part
 #pragma unroll
   for (int k = 0; k < kLinesPerThread; ++k) {
     const int offset = (threadIdx.x + k * kThreads) * 16;
-    if (offset < row_bytes && variant != 1) weights[k] = *reinterpret_cast<const uint4*>(weight + offset);
-    if (variant == 1) weights[k] = make_uint4(0, 0, 0, 0);
+    if (offset < row_bytes) weights[k] = *reinterpret_cast<const uint4*>(weight + offset);
   }
   follow_previous_kernel();
   uint32_t* epochs = reinterpret_cast<uint32_t*>(peers.workspace[rank] + kNormEpochsOffset);
-  const uint32_t epoch = variant == 3 ? 7u : *reinterpret_cast<volatile uint32_t*>(epochs + row) + 1;
+  const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + row) + 1;
 #pragma unroll
   for (int k = 0; k < kLinesPerThread; ++k) {
     const int offset = (threadIdx.x + k * kThreads) * 16;
@@ -243,7 +239,6 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* part
 #pragma unroll
     for (int i = 0; i < kPerLine; ++i) squares += values[k][i] * values[k][i];
   }
-  if (variant == 2) return;
   const float scale = rsqrtf(block_sum(squares) / float(row_bytes / int(sizeof(T))) + eps);
 #pragma unroll
   for (int k = 0; k < kLinesPerThread; ++k) {
@@ -258,11 +253,8 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* part
     for (int i = 0; i < kPerLine; ++i) scaled[i] *= weight_values[i];
     *reinterpret_cast<uint4*>(normed + row_start + offset) = pack<T>(scaled);
   }
-  if (threadIdx.x == 0 && variant != 3) epochs[row] = epoch;
+  if (threadIdx.x == 0) epochs[row] = epoch;
 }
-
-// Timing only (session 14's experiment): a kernel that does nothing but follow the one before.
-__global__ void __launch_bounds__(kThreads) empty_kernel() { follow_previous_kernel(); }
 
 extern "C" {
 
@@ -293,7 +285,6 @@ const char* chimera_all_reduce_init(const int* ordinals, int n_devices) {
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__nv_bfloat16>);
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__half>);
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<float>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, empty_kernel);
     for (int j = 0; status == cudaSuccess && j < n_devices; ++j) {
       if (ordinals[j] == device) continue;
       int can_access = 0;
@@ -358,22 +349,6 @@ static ffi::Error find_peers(int32_t device, ffi::Span<const int64_t> groups, in
 // before reading anything.
 template <typename... Params, typename... Args>
 static ffi::Error launch(cudaStream_t stream, int blocks, void (*kernel)(Params...), Args... args) {
-  const char* variant = getenv("CHIMERA_FUSED_VARIANT");  // timing only (session 14's experiment)
-  if (variant != nullptr && std::string(variant) == "empty") {
-    cudaLaunchAttribute attribute = {};
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(blocks);
-    config.blockDim = dim3(kThreads);
-    config.stream = stream;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    cudaLaunchKernelEx(&config, empty_kernel);
-    const cudaError_t status = cudaGetLastError();
-    if (status != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(status));
-    return ffi::Error::Success();
-  }
   cudaLaunchAttribute attribute = {};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
@@ -382,7 +357,7 @@ static ffi::Error launch(cudaStream_t stream, int blocks, void (*kernel)(Params.
   config.blockDim = dim3(kThreads);
   config.stream = stream;
   config.attrs = &attribute;
-  config.numAttrs = (variant != nullptr && std::string(variant) == "plain") ? 0 : 1;
+  config.numAttrs = 1;
   cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(status));
@@ -439,32 +414,22 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
   ffi::Error found = find_peers(device, groups, group_size, &peers, &rank);
   if (found.failure()) return found;
   const int rows = static_cast<int>(n_bytes / row_bytes);
-  int64_t n_group = group_size;
-  const char* skip = getenv("CHIMERA_SKIP_PEERS");
-  if (skip != nullptr && *skip != '\0') {  // timing only (session 14's experiment): each device sums its own alone
-    peers.workspace[0] = g_workspace[device];
-    rank = 0;
-    n_group = 1;
-  }
   const char* in = static_cast<const char*>(partial.untyped_data());
   const char* before = static_cast<const char*>(residual.untyped_data());
   const char* w = static_cast<const char*>(weight.untyped_data());
   char* after = static_cast<char*>(new_residual->untyped_data());
   char* out = static_cast<char*>(normed->untyped_data());
-  const int bytes = static_cast<int>(row_bytes), n_ranks = static_cast<int>(n_group);
-  const char* variant_name = getenv("CHIMERA_FUSED_VARIANT");
-  const std::string name = variant_name == nullptr ? "" : variant_name;
-  const int variant = name == "noweight" ? 1 : name == "nonorm" ? 2 : name == "noepoch" ? 3 : 0;
+  const int bytes = static_cast<int>(row_bytes), n_ranks = static_cast<int>(group_size);
   switch (type) {
     case ffi::DataType::BF16:
       return launch(stream, rows, add_rms_norm_kernel<__nv_bfloat16>, in, before, w, after, out, bytes, eps, peers,
-                    rank, n_ranks, variant);
+                    rank, n_ranks);
     case ffi::DataType::F16:
       return launch(stream, rows, add_rms_norm_kernel<__half>, in, before, w, after, out, bytes, eps, peers, rank,
-                    n_ranks, variant);
+                    n_ranks);
     case ffi::DataType::F32:
       return launch(stream, rows, add_rms_norm_kernel<float>, in, before, w, after, out, bytes, eps, peers, rank,
-                    n_ranks, variant);
+                    n_ranks);
     default:
       return ffi::Error::InvalidArgument("add_rms_norm: only bfloat16, float16 and float32");
   }
