@@ -19,9 +19,10 @@ from profile_decode import load_events, process_names
 
 def device_kernels(events, device: int) -> list[dict]:
     """GPU `device`'s kernel events ("X" events on a GPU's stream), by start time."""
-    names = process_names(events)
-    pids = sorted(pid for pid, name in names.items() if "GPU" in name.upper())
-    pid = next(p for p in pids if names[p].upper().endswith(f"GPU:{device}"))
+    pids = [pid for pid, name in process_names(events).items() if name.upper().endswith(f"GPU:{device}")]
+    if not pids:
+        raise SystemExit(f"no GPU {device} in the trace")
+    pid = pids[0]
     kernels = [e for e in events if e.get("ph") == "X" and e.get("pid") == pid and "dur" in e
                and not e["name"].startswith("Memcpy")]
     return sorted(kernels, key=lambda e: e["ts"])
