@@ -25,6 +25,13 @@ equality_under_cli_flags() {  # with $opts if set, else the CLI's own
 }
 # llama-3-8b cut to 8 layers (every layer is alike), as $R/llama-3-8b-8layers.yaml
 llama_8layers() { sed 's/^n_layers: .*/n_layers: 8/' configs/llama-3-8b.yaml > $R/llama-3-8b-8layers.yaml; }
+# llama-3-8b with one tensor=2 device's share of every weight (16 heads, 4 KV heads, d_ff 7168, half the vocabulary:
+# the GEMM shapes of one tensor=2 device), as $R/llama-3-8b-half.yaml
+llama_half() {
+  sed -e 's/^name: .*/name: llama-3-8b-half/' -e 's/^vocab_size: .*/vocab_size: 64128/' \
+    -e 's/n_heads: 32, n_kv_heads: 8/n_heads: 16, n_kv_heads: 4/' -e 's/d_ff: 14336/d_ff: 7168/' \
+    configs/llama-3-8b.yaml > $R/llama-3-8b-half.yaml
+}
 # sharded == one GPU: llama-3-8b with 8 layers on tensor=2, float32, under $opts (else the CLI's flags)
 equality_8layers() {
   opts=${opts:-$(chimera_xla_flags)}; llama_8layers
@@ -961,8 +968,7 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
   x2-bound-l)  # 2 GPUs (session 14): llama-3-8b on one GPU, llama-3-8b-half on one GPU (tensor=2's step without its
               # communication, see h200-half-l) and llama-3-8b tensor=2, alternated in one lease
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
-    sed -e 's/^name: .*/name: llama-3-8b-half/' -e 's/^vocab_size: .*/vocab_size: 64128/' -e 's/n_heads: 32, n_kv_heads: 8/n_heads: 16, n_kv_heads: 4/' \
-      -e 's/d_ff: 14336/d_ff: 7168/' configs/llama-3-8b.yaml > $R/llama-3-8b-half.yaml
+    llama_half
     words="bench --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
     for run in "configs/llama-3-8b.yaml 1" "$R/llama-3-8b-half.yaml 1" "configs/llama-3-8b.yaml tensor=2" \
                "configs/llama-3-8b.yaml 1" "$R/llama-3-8b-half.yaml 1" "configs/llama-3-8b.yaml tensor=2"; do
@@ -975,8 +981,7 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
                 # device's share: 16 heads, 4 KV heads, d_ff 7168, half the vocabulary, so the same GEMM shapes) on one GPU,
                 # alternated with llama-3-8b; its profile (8 layers); then both with XLA's exhaustive tiling search
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
-    sed -e 's/^name: .*/name: llama-3-8b-half/' -e 's/^vocab_size: .*/vocab_size: 64128/' -e 's/n_heads: 32, n_kv_heads: 8/n_heads: 16, n_kv_heads: 4/' \
-      -e 's/d_ff: 14336/d_ff: 7168/' configs/llama-3-8b.yaml > $R/llama-3-8b-half.yaml
+    llama_half
     sed 's/^n_layers: .*/n_layers: 8/' $R/llama-3-8b-half.yaml > $R/llama-3-8b-half-8layers.yaml; cat $R/llama-3-8b-half.yaml
     XLA_FLAGS="$(chimera_xla_flags) --xla_enable_command_buffers_during_profiling=true" timeout 120 python3 \
       benchmarks/profile_decode.py --config $R/llama-3-8b-half-8layers.yaml --batch 1 --gen 16 --top 24 \
