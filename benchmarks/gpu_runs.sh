@@ -887,8 +887,9 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     bench 1gpu-b 70 1 "" "$cli" ""
     ;;
   x2-small-l)  # 2 GPUs (session 14; the code is session 14's commit "Experiment (reverted next): the kernels' code 45 KB ->
-              # 9 KB"; not run: the session's device time was spent): llama-3-8b tensor=2 with the smaller kernels, then
-              # the fused kernel's timeline without the exchange
+              # 9 KB"; never run: its 1024 threads also grew all_reduce_kernel's slots past all_reduce.py's MAX_BYTES,
+              # so the library would have been refused and XLA's all-reduce run; x2-small-m is the corrected test):
+              # llama-3-8b tensor=2 with the smaller kernels, then the fused kernel's timeline without the exchange
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     echo "== bench"; timeout 80 python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 \
       --gen 128 --repeats 3 --batch 1 --mesh tensor=2 --json $R/tensor2-small.json 2>&1 | grep -vE "^[IW]0000|^WARNING" \
@@ -899,6 +900,39 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
       --out $R/profile-small > $R/profile-small.log 2>&1
     echo "== profile exit $?"; grep add_rms_norm $R/profile-small/summary.txt | cut -c1-70
     python3 benchmarks/kernel_timeline.py $R/profile-small/trace --around add_rms_norm --count 8 --device 0; rm -rf $R/profile-small/trace; save
+    ;;
+  x2-small-m)  # 2 GPUs (session 15; the code is session 15's commit "Experiment: the fused kernel's code 45 KB -> 8.6 KB"):
+              # does the fused kernel's machine code size matter (45 KB of SASS for bfloat16, run once between GEMMs that
+              # stream ~100 MB through L2)? Three builds of all_reduce.cu, alternated in one lease: big (session 12's),
+              # small (1024 threads a row, one line each; the rank loops rolled: benchmarks/patches/small-kernels.patch)
+              # and gc (small, its Peers a __grid_constant__ parameter: no 64-byte local copy). Then one layer's
+              # timeline of each (with the exchange) and the bits of gc against XLA
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    cp sharding/all_reduce.cu /tmp/gc.cu
+    sed 's/const __grid_constant__ Peers peers/Peers peers/' /tmp/gc.cu > /tmp/small.cu
+    cp /tmp/small.cu /tmp/big.cu; patch -s -R /tmp/big.cu benchmarks/patches/small-kernels.patch || exit 1
+    grep -c "__grid_constant__\|kNormThreads" /tmp/big.cu /tmp/small.cu /tmp/gc.cu
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
+    echo "== 1gpu"; timeout 80 python3 -m chimera.runtime.cli $words --json $R/1gpu.json 2>&1 | grep -vE "^[IW]0000|^WARNING" \
+      | tail -2 | cut -c1-170; save
+    for build in big small gc big small gc; do
+      cp /tmp/$build.cu sharding/all_reduce.cu
+      echo "== tensor2 $build"; timeout 80 python3 -m chimera.runtime.cli $words --mesh tensor=2 \
+        --json $R/tensor2-$build-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    llama_8layers
+    for build in big small gc; do
+      cp /tmp/$build.cu sharding/all_reduce.cu
+      XLA_FLAGS="$(chimera_xla_flags) --xla_enable_command_buffers_during_profiling=true" timeout 80 python3 \
+        benchmarks/profile_decode.py --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --batch 1 --gen 16 --top 8 \
+        --out $R/profile-$build > $R/profile-$build.log 2>&1
+      echo "== profile $build exit $?"; grep add_rms_norm $R/profile-$build/summary.txt | cut -c1-70
+      python3 benchmarks/kernel_timeline.py $R/profile-$build/trace --around add_rms_norm --count 8 --device 0 \
+        > $R/timeline-$build-gpu0.txt 2>&1; cat $R/timeline-$build-gpu0.txt; rm -rf $R/profile-$build/trace; save
+    done
+    cp /tmp/gc.cu sharding/all_reduce.cu
+    echo "== chain gc"; timeout 100 python3 benchmarks/all_reduce.py --rows 1,16 --repeats 10 --chain 32 --json $R/all_reduce-gc.json \
+      2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -20; save
     ;;
   x2-bisect-l)  # 2 GPUs (session 14; the code is session 14's commit "Experiment (reverted next): the fused kernel's stages
                # left out"): the fused kernel's own time without the exchange (CHIMERA_SKIP_PEERS=1) with one stage left out

@@ -35,7 +35,7 @@ namespace ffi = xla::ffi;
 
 constexpr int kMaxRanks = 8;
 constexpr int kMaxDevices = 64;
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;  // all_reduce_kernel's threads a block
 constexpr int kBlockBytes = kThreads * 16;  // 16 bytes of the message a thread
 constexpr int kMaxBlocks = 64;
 constexpr size_t kSlotBytes = size_t(kMaxBlocks) * kBlockBytes;  // the largest message: 256 KB
@@ -44,7 +44,8 @@ constexpr size_t kLinesBytes = 2 * kMaxRanks * 2 * kSlotBytes;   // lines carry 
 constexpr size_t kEpochsOffset = kLinesOffset + kLinesBytes;
 constexpr int kMaxRows = 64;                 // rows a call of add_rms_norm_kernel, at most
 constexpr int kRowBytes = 16384;             // bytes a row, at most (8192 bfloat16 or 4096 float32 values)
-constexpr int kLinesPerThread = kRowBytes / 16 / kThreads;
+constexpr int kNormThreads = 1024;          // add_rms_norm_kernel's: a line of the largest row a thread
+constexpr int kLinesPerThread = kRowBytes / 16 / kNormThreads;
 constexpr size_t kRowsBytes = size_t(kMaxRows) * kRowBytes;
 constexpr size_t kNormLinesOffset = kEpochsOffset + kMaxBlocks * sizeof(uint32_t);
 constexpr size_t kNormLinesBytes = 2 * kMaxRanks * 2 * kRowsBytes;
@@ -123,15 +124,16 @@ __device__ __forceinline__ void follow_previous_kernel() {
 }
 
 // The sum of `value` over the block, the same bits in every thread.
+template <int kBlockThreads>
 __device__ __forceinline__ float block_sum(float value) {
-  __shared__ float warp_sums[kThreads / 32];
+  __shared__ float warp_sums[kBlockThreads / 32];
 #pragma unroll
   for (int lane_mask = 16; lane_mask > 0; lane_mask >>= 1) value += __shfl_xor_sync(0xffffffffu, value, lane_mask);
   if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = value;
   __syncthreads();
   float total = 0.f;
 #pragma unroll
-  for (int warp = 0; warp < kThreads / 32; ++warp) total += warp_sums[warp];
+  for (int warp = 0; warp < kBlockThreads / 32; ++warp) total += warp_sums[warp];
   return total;
 }
 
@@ -145,6 +147,7 @@ __device__ __forceinline__ char* lines_at(char* workspace, size_t area, size_t m
 // Sends `own`, this rank's 16 bytes at `place`, into every peer's area as two lines flagged `epoch`.
 __device__ __forceinline__ void send(const Peers& peers, int rank, int n_ranks, size_t area, size_t message_bytes,
                                      uint32_t epoch, size_t place, uint4 own) {
+#pragma unroll 1
   for (int peer = 0; peer < n_ranks; ++peer) {
     if (peer == rank) continue;
     char* to = lines_at(peers.workspace[peer], area, message_bytes, epoch, rank, place);
@@ -157,6 +160,7 @@ __device__ __forceinline__ void send(const Peers& peers, int rank, int n_ranks, 
 template <typename T>
 __device__ __forceinline__ void gather(float* sums, const Peers& peers, int rank, int n_ranks, size_t area,
                                        size_t message_bytes, uint32_t epoch, size_t place, uint4 own) {
+#pragma unroll 1
   for (int source = 0; source < n_ranks; ++source) {
     uint4 packed = own;
     if (source != rank) {
@@ -170,7 +174,7 @@ __device__ __forceinline__ void gather(float* sums, const Peers& peers, int rank
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) all_reduce_kernel(const char* input, char* output, size_t n_bytes,
-                                                              Peers peers, int rank, int n_ranks) {
+                                                              const __grid_constant__ Peers peers, int rank, int n_ranks) {
   follow_previous_kernel();
   uint32_t* epochs = reinterpret_cast<uint32_t*>(peers.workspace[rank] + kEpochsOffset);
   const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + blockIdx.x) + 1;
@@ -188,10 +192,10 @@ __global__ void __launch_bounds__(kThreads) all_reduce_kernel(const char* input,
 // Row blockIdx.x of [rows, row_bytes / sizeof(T)]: residual + the group's sum of `partial`, and its RMS
 // norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* partial, const char* residual,
+__global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(const char* partial, const char* residual,
                                                                 const char* weight, char* new_residual,
                                                                 char* normed, int row_bytes, float eps,
-                                                                Peers peers, int rank, int n_ranks) {
+                                                                const __grid_constant__ Peers peers, int rank, int n_ranks) {
   constexpr int kPerLine = 16 / sizeof(T);
   const int row = blockIdx.x;
   const size_t row_start = size_t(row) * row_bytes;  // in the arrays
@@ -201,7 +205,7 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* part
   uint4 weights[kLinesPerThread], own[kLinesPerThread], before[kLinesPerThread];
 #pragma unroll
   for (int k = 0; k < kLinesPerThread; ++k) {
-    const int offset = (threadIdx.x + k * kThreads) * 16;
+    const int offset = (threadIdx.x + k * kNormThreads) * 16;
     if (offset < row_bytes) weights[k] = *reinterpret_cast<const uint4*>(weight + offset);
   }
   follow_previous_kernel();
@@ -209,14 +213,14 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* part
   const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + row) + 1;
 #pragma unroll
   for (int k = 0; k < kLinesPerThread; ++k) {
-    const int offset = (threadIdx.x + k * kThreads) * 16;
+    const int offset = (threadIdx.x + k * kNormThreads) * 16;
     if (offset >= row_bytes) break;
     own[k] = *reinterpret_cast<const uint4*>(partial + row_start + offset);
     before[k] = *reinterpret_cast<const uint4*>(residual + row_start + offset);
   }
 #pragma unroll
   for (int k = 0; k < kLinesPerThread; ++k) {
-    const int offset = (threadIdx.x + k * kThreads) * 16;
+    const int offset = (threadIdx.x + k * kNormThreads) * 16;
     if (offset >= row_bytes) break;
     send(peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, row_place + offset, own[k]);
   }
@@ -224,7 +228,7 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* part
   float squares = 0.f;
 #pragma unroll
   for (int k = 0; k < kLinesPerThread; ++k) {
-    const int offset = (threadIdx.x + k * kThreads) * 16;
+    const int offset = (threadIdx.x + k * kNormThreads) * 16;
     if (offset >= row_bytes) break;
     float sums[kPerLine] = {};
     gather<T>(sums, peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, row_place + offset, own[k]);
@@ -239,10 +243,10 @@ __global__ void __launch_bounds__(kThreads) add_rms_norm_kernel(const char* part
 #pragma unroll
     for (int i = 0; i < kPerLine; ++i) squares += values[k][i] * values[k][i];
   }
-  const float scale = rsqrtf(block_sum(squares) / float(row_bytes / int(sizeof(T))) + eps);
+  const float scale = rsqrtf(block_sum<kNormThreads>(squares) / float(row_bytes / int(sizeof(T))) + eps);
 #pragma unroll
   for (int k = 0; k < kLinesPerThread; ++k) {
-    const int offset = (threadIdx.x + k * kThreads) * 16;
+    const int offset = (threadIdx.x + k * kNormThreads) * 16;
     if (offset >= row_bytes) break;
     float scaled[kPerLine], weight_values[kPerLine];
 #pragma unroll
@@ -344,17 +348,17 @@ static ffi::Error find_peers(int32_t device, ffi::Span<const int64_t> groups, in
   return ffi::Error::Success();
 }
 
-// Launches kernel<<<blocks, kThreads>>>(args...) as a programmatic dependent (as XLA launches its own
+// Launches kernel<<<blocks, threads>>>(args...) as a programmatic dependent (as XLA launches its own
 // kernels): its start overlaps the end of the kernel before, which it waits for (griddepcontrol.wait)
 // before reading anything.
 template <typename... Params, typename... Args>
-static ffi::Error launch(cudaStream_t stream, int blocks, void (*kernel)(Params...), Args... args) {
+static ffi::Error launch(cudaStream_t stream, int blocks, int threads, void (*kernel)(Params...), Args... args) {
   cudaLaunchAttribute attribute = {};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(blocks);
-  config.blockDim = dim3(kThreads);
+  config.blockDim = dim3(threads);
   config.stream = stream;
   config.attrs = &attribute;
   config.numAttrs = 1;
@@ -382,11 +386,11 @@ static ffi::Error all_reduce(cudaStream_t stream, int32_t device, ffi::AnyBuffer
   const int n_ranks = static_cast<int>(group_size);
   switch (input.element_type()) {
     case ffi::DataType::BF16:
-      return launch(stream, blocks, all_reduce_kernel<__nv_bfloat16>, in, out, n_bytes, peers, rank, n_ranks);
+      return launch(stream, blocks, kThreads, all_reduce_kernel<__nv_bfloat16>, in, out, n_bytes, peers, rank, n_ranks);
     case ffi::DataType::F16:
-      return launch(stream, blocks, all_reduce_kernel<__half>, in, out, n_bytes, peers, rank, n_ranks);
+      return launch(stream, blocks, kThreads, all_reduce_kernel<__half>, in, out, n_bytes, peers, rank, n_ranks);
     case ffi::DataType::F32:
-      return launch(stream, blocks, all_reduce_kernel<float>, in, out, n_bytes, peers, rank, n_ranks);
+      return launch(stream, blocks, kThreads, all_reduce_kernel<float>, in, out, n_bytes, peers, rank, n_ranks);
     default:
       return ffi::Error::InvalidArgument("all-reduce: only bfloat16, float16 and float32");
   }
@@ -422,13 +426,13 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
   const int bytes = static_cast<int>(row_bytes), n_ranks = static_cast<int>(group_size);
   switch (type) {
     case ffi::DataType::BF16:
-      return launch(stream, rows, add_rms_norm_kernel<__nv_bfloat16>, in, before, w, after, out, bytes, eps, peers,
+      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__nv_bfloat16>, in, before, w, after, out, bytes, eps, peers,
                     rank, n_ranks);
     case ffi::DataType::F16:
-      return launch(stream, rows, add_rms_norm_kernel<__half>, in, before, w, after, out, bytes, eps, peers, rank,
+      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__half>, in, before, w, after, out, bytes, eps, peers, rank,
                     n_ranks);
     case ffi::DataType::F32:
-      return launch(stream, rows, add_rms_norm_kernel<float>, in, before, w, after, out, bytes, eps, peers, rank,
+      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<float>, in, before, w, after, out, bytes, eps, peers, rank,
                     n_ranks);
     default:
       return ffi::Error::InvalidArgument("add_rms_norm: only bfloat16, float16 and float32");
