@@ -934,6 +934,21 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     echo "== chain gc"; timeout 100 python3 benchmarks/all_reduce.py --rows 1,16 --repeats 10 --chain 32 --json $R/all_reduce-gc.json \
       2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -20; save
     ;;
+  x2-landed-m)  # 2 GPUs (session 15): the fused kernel as landed (a thread a line, Peers a __grid_constant__): its bits
+               # against XLA, llama-3-8b (8 layers) tensor=2 == one GPU, then llama-3-8b on one GPU and tensor=2 alternated,
+               # and both once more with XLA's split-K GEMMs off (the o and down products' reductions are kernels of their own)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    echo "== chain"; timeout 100 python3 benchmarks/all_reduce.py --rows 1,16 --repeats 10 --chain 32 --json $R/all_reduce.json \
+      2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -14 | cut -c1-120; save
+    equality_8layers
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
+    for run in "1gpu" "tensor=2" "1gpu" "tensor=2" "1gpu" "tensor=2" "tensor=2 nosplitk" "1gpu nosplitk"; do
+      set -- $run; mesh=""; [ $1 != 1gpu ] && mesh="--mesh $1"; flags=""
+      [ "${2:-}" = nosplitk ] && flags="--xla_gpu_enable_split_k_autotuning=false"
+      echo "== $run"; XLA_FLAGS="$flags" timeout 80 python3 -m chimera.runtime.cli $words $mesh \
+        --json $R/$1-${2:-}-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-bisect-l)  # 2 GPUs (session 14; the code is session 14's commit "Experiment (reverted next): the fused kernel's stages
                # left out"): the fused kernel's own time without the exchange (CHIMERA_SKIP_PEERS=1) with one stage left out
                # (CHIMERA_FUSED_VARIANT: noweight, nonorm, noepoch; wrong values, timing only), from timelines of llama-3-8b

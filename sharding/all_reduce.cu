@@ -44,8 +44,7 @@ constexpr size_t kLinesBytes = 2 * kMaxRanks * 2 * kSlotBytes;   // lines carry 
 constexpr size_t kEpochsOffset = kLinesOffset + kLinesBytes;
 constexpr int kMaxRows = 64;                 // rows a call of add_rms_norm_kernel, at most
 constexpr int kRowBytes = 16384;             // bytes a row, at most (8192 bfloat16 or 4096 float32 values)
-constexpr int kNormThreads = 1024;          // add_rms_norm_kernel's: a line of the largest row a thread
-constexpr int kLinesPerThread = kRowBytes / 16 / kNormThreads;
+constexpr int kNormThreads = kRowBytes / 16;  // add_rms_norm_kernel's threads a block: a line of a row each
 constexpr size_t kRowsBytes = size_t(kMaxRows) * kRowBytes;
 constexpr size_t kNormLinesOffset = kEpochsOffset + kMaxBlocks * sizeof(uint32_t);
 constexpr size_t kNormLinesBytes = 2 * kMaxRanks * 2 * kRowsBytes;
@@ -55,6 +54,9 @@ constexpr size_t kWorkspaceBytes = kNormEpochsOffset + kMaxRows * sizeof(uint32_
 static char* g_workspace[kMaxDevices] = {};  // by CUDA device ordinal
 static char g_error[512];
 
+// The group's workspaces, by rank. The kernels take it as a __grid_constant__ parameter: indexed by a rank
+// known at run time only, a by-value parameter is first copied to local memory by every thread (a 64-byte
+// stack frame; 0.7 µs of each fused call on 2 H200s, BENCHMARKS.md session 15).
 struct Peers {
   char* workspace[kMaxRanks];
 };
@@ -147,7 +149,7 @@ __device__ __forceinline__ char* lines_at(char* workspace, size_t area, size_t m
 // Sends `own`, this rank's 16 bytes at `place`, into every peer's area as two lines flagged `epoch`.
 __device__ __forceinline__ void send(const Peers& peers, int rank, int n_ranks, size_t area, size_t message_bytes,
                                      uint32_t epoch, size_t place, uint4 own) {
-#pragma unroll 1
+#pragma unroll 1  // n_ranks is known at run time only: rolled, the loop keeps the code small
   for (int peer = 0; peer < n_ranks; ++peer) {
     if (peer == rank) continue;
     char* to = lines_at(peers.workspace[peer], area, message_bytes, epoch, rank, place);
@@ -160,7 +162,7 @@ __device__ __forceinline__ void send(const Peers& peers, int rank, int n_ranks, 
 template <typename T>
 __device__ __forceinline__ void gather(float* sums, const Peers& peers, int rank, int n_ranks, size_t area,
                                        size_t message_bytes, uint32_t epoch, size_t place, uint4 own) {
-#pragma unroll 1
+#pragma unroll 1  // as in send
   for (int source = 0; source < n_ranks; ++source) {
     uint4 packed = own;
     if (source != rank) {
@@ -173,8 +175,9 @@ __device__ __forceinline__ void gather(float* sums, const Peers& peers, int rank
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) all_reduce_kernel(const char* input, char* output, size_t n_bytes,
-                                                              const __grid_constant__ Peers peers, int rank, int n_ranks) {
+__global__ void __launch_bounds__(kThreads)
+    all_reduce_kernel(const char* input, char* output, size_t n_bytes, const __grid_constant__ Peers peers, int rank,
+                      int n_ranks) {
   follow_previous_kernel();
   uint32_t* epochs = reinterpret_cast<uint32_t*>(peers.workspace[rank] + kEpochsOffset);
   const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + blockIdx.x) + 1;
@@ -190,72 +193,58 @@ __global__ void __launch_bounds__(kThreads) all_reduce_kernel(const char* input,
 }
 
 // Row blockIdx.x of [rows, row_bytes / sizeof(T)]: residual + the group's sum of `partial`, and its RMS
-// norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm).
+// norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm). A thread a
+// 16-byte line of the row (the row's lines at most kNormThreads). Its latency is the call's cost: it runs
+// once between two GEMMs, on one SM a row.
 template <typename T>
-__global__ void __launch_bounds__(kNormThreads) add_rms_norm_kernel(const char* partial, const char* residual,
-                                                                const char* weight, char* new_residual,
-                                                                char* normed, int row_bytes, float eps,
-                                                                const __grid_constant__ Peers peers, int rank, int n_ranks) {
+__global__ void __launch_bounds__(kNormThreads)
+    add_rms_norm_kernel(const char* partial, const char* residual, const char* weight, char* new_residual,
+                        char* normed, int row_bytes, float eps, const __grid_constant__ Peers peers, int rank,
+                        int n_ranks) {
   constexpr int kPerLine = 16 / sizeof(T);
   const int row = blockIdx.x;
-  const size_t row_start = size_t(row) * row_bytes;  // in the arrays
-  const size_t row_place = size_t(row) * kRowBytes;  // in the workspace's messages
+  const int offset = threadIdx.x * 16;                    // in the row
+  const size_t at = size_t(row) * row_bytes + offset;     // in the arrays
+  const size_t place = size_t(row) * kRowBytes + offset;  // in the workspace's messages
+  const bool has_line = offset < row_bytes;
   // Every load is issued before the first wait: each one's latency would otherwise add to the call's.
   // The weight is a parameter, which no kernel writes: it is read before the kernel before has finished.
-  uint4 weights[kLinesPerThread], own[kLinesPerThread], before[kLinesPerThread];
-#pragma unroll
-  for (int k = 0; k < kLinesPerThread; ++k) {
-    const int offset = (threadIdx.x + k * kNormThreads) * 16;
-    if (offset < row_bytes) weights[k] = *reinterpret_cast<const uint4*>(weight + offset);
-  }
+  uint4 weights = {}, own = {}, before = {};
+  if (has_line) weights = *reinterpret_cast<const uint4*>(weight + offset);
   follow_previous_kernel();
   uint32_t* epochs = reinterpret_cast<uint32_t*>(peers.workspace[rank] + kNormEpochsOffset);
   const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + row) + 1;
-#pragma unroll
-  for (int k = 0; k < kLinesPerThread; ++k) {
-    const int offset = (threadIdx.x + k * kNormThreads) * 16;
-    if (offset >= row_bytes) break;
-    own[k] = *reinterpret_cast<const uint4*>(partial + row_start + offset);
-    before[k] = *reinterpret_cast<const uint4*>(residual + row_start + offset);
+  if (has_line) {
+    own = *reinterpret_cast<const uint4*>(partial + at);
+    before = *reinterpret_cast<const uint4*>(residual + at);
+    send(peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, place, own);
   }
-#pragma unroll
-  for (int k = 0; k < kLinesPerThread; ++k) {
-    const int offset = (threadIdx.x + k * kNormThreads) * 16;
-    if (offset >= row_bytes) break;
-    send(peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, row_place + offset, own[k]);
-  }
-  float values[kLinesPerThread][kPerLine];
+  float values[kPerLine] = {};  // the new residual's, rounded to T; zeros past the row
   float squares = 0.f;
-#pragma unroll
-  for (int k = 0; k < kLinesPerThread; ++k) {
-    const int offset = (threadIdx.x + k * kNormThreads) * 16;
-    if (offset >= row_bytes) break;
+  if (has_line) {
     float sums[kPerLine] = {};
-    gather<T>(sums, peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, row_place + offset, own[k]);
-    float output[kPerLine], residual_values[kPerLine];
-    unpack<T>(output, pack<T>(sums));  // the block's output, rounded to T
-    unpack<T>(residual_values, before[k]);
+    gather<T>(sums, peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, place, own);
+    float residual_values[kPerLine];
+    unpack<T>(values, pack<T>(sums));  // the block's output, rounded to T
+    unpack<T>(residual_values, before);
 #pragma unroll
-    for (int i = 0; i < kPerLine; ++i) output[i] += residual_values[i];
-    const uint4 added = pack<T>(output);
-    *reinterpret_cast<uint4*>(new_residual + row_start + offset) = added;
-    unpack<T>(values[k], added);
+    for (int i = 0; i < kPerLine; ++i) values[i] += residual_values[i];
+    const uint4 added = pack<T>(values);
+    *reinterpret_cast<uint4*>(new_residual + at) = added;
+    unpack<T>(values, added);
 #pragma unroll
-    for (int i = 0; i < kPerLine; ++i) squares += values[k][i] * values[k][i];
+    for (int i = 0; i < kPerLine; ++i) squares += values[i] * values[i];
   }
   const float scale = rsqrtf(block_sum<kNormThreads>(squares) / float(row_bytes / int(sizeof(T))) + eps);
-#pragma unroll
-  for (int k = 0; k < kLinesPerThread; ++k) {
-    const int offset = (threadIdx.x + k * kNormThreads) * 16;
-    if (offset >= row_bytes) break;
+  if (has_line) {
     float scaled[kPerLine], weight_values[kPerLine];
 #pragma unroll
-    for (int i = 0; i < kPerLine; ++i) scaled[i] = values[k][i] * scale;
+    for (int i = 0; i < kPerLine; ++i) scaled[i] = values[i] * scale;
     unpack<T>(scaled, pack<T>(scaled));  // normalised, rounded to T, then times the weight
-    unpack<T>(weight_values, weights[k]);
+    unpack<T>(weight_values, weights);
 #pragma unroll
     for (int i = 0; i < kPerLine; ++i) scaled[i] *= weight_values[i];
-    *reinterpret_cast<uint4*>(normed + row_start + offset) = pack<T>(scaled);
+    *reinterpret_cast<uint4*>(normed + at) = pack<T>(scaled);
   }
   if (threadIdx.x == 0) epochs[row] = epoch;
 }
@@ -426,14 +415,14 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
   const int bytes = static_cast<int>(row_bytes), n_ranks = static_cast<int>(group_size);
   switch (type) {
     case ffi::DataType::BF16:
-      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__nv_bfloat16>, in, before, w, after, out, bytes, eps, peers,
-                    rank, n_ranks);
+      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__nv_bfloat16>, in, before, w, after, out, bytes,
+                    eps, peers, rank, n_ranks);
     case ffi::DataType::F16:
-      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__half>, in, before, w, after, out, bytes, eps, peers, rank,
-                    n_ranks);
+      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__half>, in, before, w, after, out, bytes,
+                    eps, peers, rank, n_ranks);
     case ffi::DataType::F32:
-      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<float>, in, before, w, after, out, bytes, eps, peers, rank,
-                    n_ranks);
+      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<float>, in, before, w, after, out, bytes,
+                    eps, peers, rank, n_ranks);
     default:
       return ffi::Error::InvalidArgument("add_rms_norm: only bfloat16, float16 and float32");
   }
