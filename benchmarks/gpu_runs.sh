@@ -949,6 +949,26 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
         --json $R/$1-${2:-}-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
     done
     ;;
+  x2-zerorow-m)  # 2 GPUs (session 15): the zero row only for weights below 4e7 elements (benchmarks/zero_row_below_bench.py):
+                # the gate/up and LM-head products of one row as plain GEMMs, without the pad kernel in front of them (on
+                # tensor=2 the one after the fused sum + add + norm); llama-3-8b on tensor=2 and one GPU, alternated with
+                # the CLI as it is; then one layer's timeline of tensor=2 with it
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
+    for run in "cli tensor=2" "below tensor=2" "cli 1gpu" "below 1gpu" "cli tensor=2" "below tensor=2" "cli 1gpu" "below 1gpu"; do
+      set -- $run; mesh=""; [ $2 != 1gpu ] && mesh="--mesh $2"; program="-m chimera.runtime.cli"
+      [ $1 = below ] && program=benchmarks/zero_row_below_bench.py
+      echo "== $run"; CHIMERA_ZERO_ROW_BELOW=4e7 timeout 80 python3 $program $words $mesh --json $R/$2-$1-$RANDOM.json 2>&1 \
+        | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    llama_8layers
+    XLA_FLAGS="$(chimera_xla_flags) --xla_enable_command_buffers_during_profiling=true" CHIMERA_ZERO_ROW_BELOW=4e7 timeout 80 \
+      python3 benchmarks/zero_row_below_bench.py --script benchmarks/profile_decode.py --config $R/llama-3-8b-8layers.yaml \
+      --mesh tensor=2 --batch 1 --gen 16 --top 12 --out $R/profile-below > $R/profile-below.log 2>&1
+    echo "== profile exit $?"; sed -n 3,18p $R/profile-below/summary.txt | cut -c1-110
+    python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
+      > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
+    ;;
   x2-bisect-l)  # 2 GPUs (session 14; the code is session 14's commit "Experiment (reverted next): the fused kernel's stages
                # left out"): the fused kernel's own time without the exchange (CHIMERA_SKIP_PEERS=1) with one stage left out
                # (CHIMERA_FUSED_VARIANT: noweight, nonorm, noepoch; wrong values, timing only), from timelines of llama-3-8b
