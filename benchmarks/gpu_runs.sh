@@ -969,6 +969,16 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-check-m)  # 2 GPUs (session 15): the fused kernel as landed, on every tiny preset on tensor=2 and expert=2 == one GPU
+              # (float32, the CLI's flags), then llama-3-8b at batch 1 and 16 on tensor=2 and one GPU
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1,16"
+    echo "== tensor=2"; timeout 100 python3 -m chimera.runtime.cli $words --mesh tensor=2 --json $R/tensor2.json 2>&1 \
+      | grep -vE "^[IW]0000|^WARNING" | tail -3 | cut -c1-170; save
+    echo "== 1gpu"; timeout 100 python3 -m chimera.runtime.cli $words --json $R/1gpu.json 2>&1 \
+      | grep -vE "^[IW]0000|^WARNING" | tail -3 | cut -c1-170; save
+    equality_under_cli_flags tiny-only
+    ;;
   x2-bisect-l)  # 2 GPUs (session 14; the code is session 14's commit "Experiment (reverted next): the fused kernel's stages
                # left out"): the fused kernel's own time without the exchange (CHIMERA_SKIP_PEERS=1) with one stage left out
                # (CHIMERA_FUSED_VARIANT: noweight, nonorm, noepoch; wrong values, timing only), from timelines of llama-3-8b
