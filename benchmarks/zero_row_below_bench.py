@@ -16,6 +16,9 @@ from decode_loop import zero_row_below
 from chimera.runtime import cli
 
 if __name__ == "__main__":
+    if "CHIMERA_ZERO_ROW_BELOW" not in os.environ:
+        sys.exit("zero_row_below_bench.py: set CHIMERA_ZERO_ROW_BELOW to the weight size (elements) below which the "
+                 "zero row is added, e.g. 4e7")
     zero_row_below(int(float(os.environ["CHIMERA_ZERO_ROW_BELOW"])))
     if sys.argv[1:2] == ["--script"]:
         script = sys.argv[2]
