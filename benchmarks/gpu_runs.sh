@@ -901,7 +901,8 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     echo "== profile exit $?"; grep add_rms_norm $R/profile-small/summary.txt | cut -c1-70
     python3 benchmarks/kernel_timeline.py $R/profile-small/trace --around add_rms_norm --count 8 --device 0; rm -rf $R/profile-small/trace; save
     ;;
-  x2-small-m)  # 2 GPUs (session 15; the code is session 15's commit "Experiment: the fused kernel's code 45 KB -> 8.6 KB"):
+  x2-small-m)  # 2 GPUs (session 15; run it at session 15's commit "Experiment: the fused kernel's code 45 KB -> 8.6 KB",
+              # which holds the gc build as all_reduce.cu and benchmarks/patches/small-kernels.patch, gone since):
               # does the fused kernel's machine code size matter (45 KB of SASS for bfloat16, run once between GEMMs that
               # stream ~100 MB through L2)? Three builds of all_reduce.cu, alternated in one lease: big (session 12's),
               # small (1024 threads a row, one line each; the rank loops rolled: benchmarks/patches/small-kernels.patch)
