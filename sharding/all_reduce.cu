@@ -125,17 +125,16 @@ __device__ __forceinline__ void follow_previous_kernel() {
 #endif
 }
 
-// The sum of `value` over the block, the same bits in every thread.
-template <int kBlockThreads>
+// The sum of `value` over a block of kNormThreads, the same bits in every thread.
 __device__ __forceinline__ float block_sum(float value) {
-  __shared__ float warp_sums[kBlockThreads / 32];
+  __shared__ float warp_sums[kNormThreads / 32];
 #pragma unroll
   for (int lane_mask = 16; lane_mask > 0; lane_mask >>= 1) value += __shfl_xor_sync(0xffffffffu, value, lane_mask);
   if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = value;
   __syncthreads();
   float total = 0.f;
 #pragma unroll
-  for (int warp = 0; warp < kBlockThreads / 32; ++warp) total += warp_sums[warp];
+  for (int warp = 0; warp < kNormThreads / 32; ++warp) total += warp_sums[warp];
   return total;
 }
 
@@ -235,7 +234,7 @@ __global__ void __launch_bounds__(kNormThreads)
 #pragma unroll
     for (int i = 0; i < kPerLine; ++i) squares += values[i] * values[i];
   }
-  const float scale = rsqrtf(block_sum<kNormThreads>(squares) / float(row_bytes / int(sizeof(T))) + eps);
+  const float scale = rsqrtf(block_sum(squares) / float(row_bytes / int(sizeof(T))) + eps);
   if (has_line) {
     float scaled[kPerLine], weight_values[kPerLine];
 #pragma unroll
