@@ -937,7 +937,8 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     ;;
   x2-landed-m)  # 2 GPUs (session 15): the fused kernel as landed (a thread a line, Peers a __grid_constant__): its bits
                # against XLA, llama-3-8b (8 layers) tensor=2 == one GPU, then llama-3-8b on one GPU and tensor=2 alternated,
-               # and both once more with XLA's split-K GEMMs off (the o and down products' reductions are kernels of their own)
+               # and both once more with XLA's split-K GEMMs off (the o and down products' reductions are kernels of their own;
+               # JAX 0.11.2's XLA does not know --xla_gpu_enable_split_k_autotuning: those two runs abort at start)
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     echo "== chain"; timeout 100 python3 benchmarks/all_reduce.py --rows 1,16 --repeats 10 --chain 32 --json $R/all_reduce.json \
       2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -14 | cut -c1-120; save
