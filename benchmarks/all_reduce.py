@@ -95,8 +95,23 @@ def check_fused(mesh, devices: int, width: int, rng, results: dict):
             row = {"residual_equal": bool(np.array_equal(np.asarray(after), np.asarray(after_xla))),
                    "norm_elements_differing": int(np.sum(normed != normed_xla)),
                    "norm_max_ulps": ulps(normed, normed_xla, dtype)}
+            if rows == 1:  # the zero row written under a one-row norm (runtime/linear.py multiplies both)
+                padded = np.asarray(zero_row_norm(mesh)(partial, before, weight))
+                row["zero_row_norm_equal"] = bool(np.array_equal(padded[:1], normed))
+                row["zero_row_zeros"] = bool(not np.any(padded[1:].astype(np.float32)))
             print(f"fused {name} rows {rows}: {row}", flush=True)
             results[f"fused_{name}_rows{rows}"] = row
+
+
+def zero_row_norm(mesh):
+    """A jitted program: (partial [tensor, width], residual [1, width], weight [width]) -> the fused
+    kernel's normed row over the zero row it writes, [2, width]."""
+    def body(partial, before, weight):
+        return residual.sum_add_rms_norm(partial, before, weight, EPS, mesh, zero_rows=1)[1]
+
+    replicated = PartitionSpec()
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(PartitionSpec("tensor"), replicated, replicated),
+                                 out_specs=replicated, check_vma=False))
 
 
 def main():

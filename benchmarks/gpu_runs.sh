@@ -971,6 +971,31 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-rows-n)  # 2 GPUs (session 16): the fused kernel writes the zero row under a one-row norm, which the next products
+             # multiply as it is (no pad kernel after the call): its bits against XLA and the zero row, llama-3-8b (8 layers)
+             # tensor=2 == one GPU with one prompt (one-row steps) and two, then one layer's timeline with it
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    echo "== chain"; timeout 100 python3 benchmarks/all_reduce.py --rows 1,16 --repeats 10 --chain 32 --json $R/all_reduce.json \
+      2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -14 | cut -c1-160; save
+    equality_8layers; opts=$(chimera_xla_flags)
+    XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 python3 benchmarks/sharded_equality.py --dtype float32 \
+      --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --prompts 17 --new-tokens 16 \
+      --json $R/equality-8layers-one-row.json > $R/equality-one-row.log 2>&1
+    echo "== one-row equality exit $?"; grep -E '"identical"|rror' $R/equality-one-row.log | tail -n 3 | cut -c1-300; save
+    profile_8layers rows 10
+    ;;
+  x2-rows-bench-n)  # 2 GPUs (session 16): llama-3-8b batch 1 with the kernel's zero row taken (the CLI) and left unused
+                   # (benchmarks/norm_pad_bench.py: a pad kernel after each fused call, as before), tensor=2 and one GPU,
+                   # alternated
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
+    for run in "rows tensor=2" "pad tensor=2" "rows 1gpu" "rows tensor=2" "pad tensor=2" "rows 1gpu" "rows tensor=2"; do
+      set -- $run; mesh=""; [ $2 != 1gpu ] && mesh="--mesh $2"; program="-m chimera.runtime.cli"
+      [ $1 = pad ] && program=benchmarks/norm_pad_bench.py
+      echo "== $run"; timeout 80 python3 $program $words $mesh --json $R/$2-$1-$RANDOM.json 2>&1 \
+        | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-check-m)  # 2 GPUs (session 15): the fused kernel as landed, on every tiny preset on tensor=2 and expert=2 == one GPU
               # (float32, the CLI's flags), then llama-3-8b at batch 1 and 16 on tensor=2 and one GPU
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }

@@ -20,7 +20,9 @@
 // with what follows it there: new residual = residual + sum (rounded to T as XLA rounds each step), and
 // its RMS norm times the weight. One thread block a row; the rows' lines and epochs have their own
 // part of the workspace (norm_lines, norm_epochs: row r always at the same place, so a location's
-// flags only ever come from row r's calls).
+// flags only ever come from row r's calls). `normed` may have rows of zeros after the rows, which the
+// kernel writes too: the zero row runtime/linear.py multiplies a one-row product with (XLA would
+// otherwise pad the custom call's output in a kernel of its own).
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -192,14 +194,15 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Row blockIdx.x of [rows, row_bytes / sizeof(T)]: residual + the group's sum of `partial`, and its RMS
-// norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm). A thread a
-// 16-byte line of the row (the row's lines at most kNormThreads). Its latency is the call's cost: it runs
-// once between two GEMMs, on one SM a row.
+// norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm); and zeros in
+// normed's rows rows + blockIdx.x, 2 rows + blockIdx.x, ... below normed_rows. A thread a 16-byte line of
+// the row (the row's lines at most kNormThreads). Its latency is the call's cost: it runs once between
+// two GEMMs, on one SM a row.
 template <typename T>
 __global__ void __launch_bounds__(kNormThreads)
     add_rms_norm_kernel(const char* partial, const char* residual, const char* weight, char* new_residual,
-                        char* normed, int row_bytes, float eps, const __grid_constant__ Peers peers, int rank,
-                        int n_ranks) {
+                        char* normed, int normed_rows, int row_bytes, float eps, const __grid_constant__ Peers peers,
+                        int rank, int n_ranks) {
   constexpr int kPerLine = 16 / sizeof(T);
   const int row = blockIdx.x;
   const int offset = threadIdx.x * 16;                    // in the row
@@ -217,6 +220,9 @@ __global__ void __launch_bounds__(kNormThreads)
     own = *reinterpret_cast<const uint4*>(partial + at);
     before = *reinterpret_cast<const uint4*>(residual + at);
     send(peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, place, own);
+    for (int zero_row = row + gridDim.x; zero_row < normed_rows; zero_row += gridDim.x) {
+      *reinterpret_cast<uint4*>(normed + size_t(zero_row) * row_bytes + offset) = make_uint4(0, 0, 0, 0);
+    }
   }
   float values[kPerLine] = {};  // the new residual's, rounded to T; zeros past the row
   float squares = 0.f;
@@ -384,7 +390,7 @@ static ffi::Error all_reduce(cudaStream_t stream, int32_t device, ffi::AnyBuffer
   }
 }
 
-// partial, residual, new_residual, normed: [rows, D]; weight: [D]; all of one type.
+// partial, residual, new_residual: [rows, D]; normed: [rows + zero rows, D]; weight: [D]; all of one type.
 static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuffer partial, ffi::AnyBuffer residual,
                                ffi::AnyBuffer weight, ffi::Result<ffi::AnyBuffer> new_residual,
                                ffi::Result<ffi::AnyBuffer> normed, ffi::Span<const int64_t> groups,
@@ -401,6 +407,13 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
                                        std::to_string(n_bytes) + " bytes in all (up to " +
                                        std::to_string(kMaxRows) + " rows)");
   }
+  const size_t normed_bytes = normed->size_bytes();
+  if (new_residual->size_bytes() != n_bytes || normed_bytes < n_bytes || normed_bytes % row_bytes != 0 ||
+      normed_bytes / row_bytes > size_t(INT32_MAX)) {
+    return ffi::Error::InvalidArgument("add_rms_norm: the new residual must be the residual's shape, and normed "
+                                       "its rows and rows of zeros after them (" + std::to_string(normed_bytes) +
+                                       " bytes for rows of " + std::to_string(row_bytes) + ")");
+  }
   Peers peers = {};
   int rank = 0;
   ffi::Error found = find_peers(device, groups, group_size, &peers, &rank);
@@ -412,16 +425,17 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
   char* after = static_cast<char*>(new_residual->untyped_data());
   char* out = static_cast<char*>(normed->untyped_data());
   const int bytes = static_cast<int>(row_bytes), n_ranks = static_cast<int>(group_size);
+  const int normed_rows = static_cast<int>(normed_bytes / row_bytes);
   switch (type) {
     case ffi::DataType::BF16:
-      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__nv_bfloat16>, in, before, w, after, out, bytes,
-                    eps, peers, rank, n_ranks);
+      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__nv_bfloat16>, in, before, w, after, out,
+                    normed_rows, bytes, eps, peers, rank, n_ranks);
     case ffi::DataType::F16:
-      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__half>, in, before, w, after, out, bytes,
-                    eps, peers, rank, n_ranks);
+      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__half>, in, before, w, after, out,
+                    normed_rows, bytes, eps, peers, rank, n_ranks);
     case ffi::DataType::F32:
-      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<float>, in, before, w, after, out, bytes,
-                    eps, peers, rank, n_ranks);
+      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<float>, in, before, w, after, out,
+                    normed_rows, bytes, eps, peers, rank, n_ranks);
     default:
       return ffi::Error::InvalidArgument("add_rms_norm: only bfloat16, float16 and float32");
   }

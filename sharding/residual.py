@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from chimera.runtime.linear import linear
+from chimera.runtime.linear import linear, remember_two_rows
 from chimera.runtime.norm import rms_norm
 from chimera.sharding import all_reduce
 
@@ -74,23 +74,34 @@ def fuses(residual, y: Unreduced, weight) -> bool:
 def add_rms_norm(residual, y, weight, eps: float):
     """residual [B, T, D] + y (a block's output) and its `rms_norm` by weight [D]: (new residual,
     normed), both [B, T, D]. An `Unreduced` y is summed, added and normalised in one kernel where it
-    `fuses`, with runtime/norm.py's arithmetic (the sum of squares in another order)."""
+    `fuses`, with runtime/norm.py's arithmetic (the sum of squares in another order). Of one row
+    (B x T = 1) the kernel also writes the zero row under `normed` that `linear` multiplies it with
+    (runtime/linear.py), so no pad kernel follows it."""
     if not isinstance(y, Unreduced) or not fuses(residual, y, weight):
         residual = residual + finished(y)
         return residual, rms_norm(residual, weight, eps)
+    zero_rows = 1 if residual.shape[0] * residual.shape[1] == 1 else 0
 
     def local(partial, residual, weight):  # [1, B, T, D], [B, T, D], [D]
-        return sum_add_rms_norm(partial[0], residual, weight, eps, y.mesh)
+        return sum_add_rms_norm(partial[0], residual, weight, eps, y.mesh, zero_rows)
 
     replicated = PartitionSpec()
-    return jax.shard_map(local, mesh=y.mesh, in_specs=(PartitionSpec("tensor"), replicated, replicated),
-                         out_specs=(replicated, replicated), check_vma=False)(y.partials, residual, weight)
+    residual, normed = jax.shard_map(local, mesh=y.mesh, in_specs=(PartitionSpec("tensor"), replicated, replicated),
+                                     out_specs=(replicated, replicated), check_vma=False)(y.partials, residual, weight)
+    if not zero_rows:
+        return residual, normed
+    rows = normed  # [2, 1, D]: the normed row over a zero row
+    normed = rows[:1]
+    remember_two_rows(normed, rows)
+    return residual, normed
 
 
-def sum_add_rms_norm(partial, residual, weight, eps: float, mesh: Mesh):
-    """Inside a shard_map over `mesh`: residual + the sum of `partial` over `tensor`, and its RMS norm
-    by `weight`, by the kernel."""
+def sum_add_rms_norm(partial, residual, weight, eps: float, mesh: Mesh, zero_rows: int = 0):
+    """Inside a shard_map over `mesh`: residual [B, T, D] + the sum of `partial` over `tensor`, and its
+    RMS norm by `weight`, by the kernel: (new residual [B, T, D], normed [B + zero_rows, T, D]), the
+    normed rows followed by `zero_rows` rows of zeros."""
     shape = jax.ShapeDtypeStruct(residual.shape, residual.dtype)
-    return jax.ffi.ffi_call(all_reduce.ADD_RMS_NORM_TARGET, (shape, shape))(
+    normed = jax.ShapeDtypeStruct((residual.shape[0] + zero_rows,) + residual.shape[1:], residual.dtype)
+    return jax.ffi.ffi_call(all_reduce.ADD_RMS_NORM_TARGET, (shape, normed))(
         partial, residual, weight, groups=all_reduce.groups(mesh), group_size=np.int64(mesh.shape["tensor"]),
         eps=np.float32(eps))

@@ -1,6 +1,7 @@
 """Fixtures of the sharding tests."""
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from chimera.runtime.norm import rms_norm
@@ -18,17 +19,19 @@ class Summed(list):
 @pytest.fixture
 def psum_for_kernel(monkeypatch):
     """Every mesh counts as prepared, and `lax.psum` stands in for the kernels' sums (then the
-    residual add and norm as runtime/norm.py computes them); returns a `Summed`."""
+    residual add and norm as runtime/norm.py computes them, and the zero rows asked for); returns a
+    `Summed`."""
     summed = Summed()
 
     def psum(partial, mesh):
         summed.append(partial.shape)
         return jax.lax.psum(partial, "tensor")
 
-    def psum_add_rms_norm(partial, before, weight, eps, mesh):
+    def psum_add_rms_norm(partial, before, weight, eps, mesh, zero_rows=0):
         summed.fused.append(partial.shape)
         after = before + jax.lax.psum(partial, "tensor")
-        return after, rms_norm(after, weight, eps)
+        normed = rms_norm(after, weight, eps)
+        return after, jnp.pad(normed, [(0, zero_rows)] + [(0, 0)] * (normed.ndim - 1))
 
     monkeypatch.setattr(all_reduce, "prepared", lambda mesh: True)
     monkeypatch.setattr(all_reduce, "prepare_if_wanted", lambda mesh: True)

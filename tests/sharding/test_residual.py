@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import chimera
+from chimera.runtime.linear import linear
 from chimera.sharding import all_reduce, residual
-from sharding_cases import greedy_tokens, random_params, tensor_mesh
+from sharding_cases import MAX_LEN, NEW_TOKENS, PROMPTS, greedy_tokens, random_params, tensor_mesh
 
 SPEC = "btf,fd->btd"
 
@@ -26,6 +27,48 @@ def test_decoding_equals_one_device(preset, fused, psum_for_kernel):
     assert greedy_tokens(model, params, tensor_mesh(2)) == want
     assert bool(psum_for_kernel.fused) == fused
 
+
+
+def test_one_row_decoding_equals_one_device(psum_for_kernel):
+    """One prompt: every step a single row, whose zero row the fused norm writes for the next products."""
+    model = chimera.build(chimera.load_config("llama-tiny"))
+    params = random_params(model)
+
+    def tokens(mesh=None):
+        engine = chimera.Engine(model, params, max_batch=1, max_len=MAX_LEN, mesh=mesh)
+        return engine.generate(PROMPTS[:1], max_new_tokens=NEW_TOKENS)[0].tokens
+
+    want = tokens()
+    assert tokens(tensor_mesh(2)) == want
+    assert (1, 1, model.config.d_model) in psum_for_kernel.fused  # the decode steps' one-row sums
+
+
+def test_a_one_row_norm_hands_the_next_product_its_zero_row(psum_for_kernel):
+    """Of one row the kernel writes the zero row under the normed row and the next product multiplies
+    both as they are: nothing pads the kernel's output."""
+    rng = np.random.default_rng(2)
+    mesh = tensor_mesh(2)
+    x = jnp.asarray(rng.standard_normal((1, 1, 64)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((64, 32)) / 8, jnp.float32)
+    before = jnp.asarray(rng.standard_normal((1, 1, 32)), jnp.float32)
+    weight = jnp.asarray(rng.standard_normal(32), jnp.float32)
+    w_next = jnp.asarray(rng.standard_normal((32, 16)), jnp.float32)
+
+    def step(x, w, before, weight, w_next):
+        with all_reduce.summing_on(mesh):
+            y = residual.row_parallel_output(SPEC, x, w, split="f")
+            _, normed = residual.add_rms_norm(before, y, weight, 1e-6)
+            return linear("btd,de->bte", normed, w_next)
+
+    with jax.set_mesh(mesh):
+        outer = jax.make_jaxpr(step)(x, w, before, weight, w_next).eqns
+        got = jax.jit(step)(x, w, before, weight, w_next)
+    # the pads left are inside the shard_maps: x's for the partial products, the stand-in's zero row
+    assert [eqn.primitive.name for eqn in outer] == ["shard_map", "shard_map", "slice", "dot_general", "slice"]
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    after = f64(before) + np.einsum(SPEC, f64(x), f64(w))
+    normed = after / np.sqrt(np.mean(after ** 2, axis=-1, keepdims=True) + 1e-6) * f64(weight)
+    np.testing.assert_allclose(f64(got), normed @ f64(w_next), rtol=1e-5, atol=1e-5)
 
 def test_an_output_is_unreduced_only_under_the_kernel(psum_for_kernel):
     rng = np.random.default_rng(0)
