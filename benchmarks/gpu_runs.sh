@@ -996,6 +996,22 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
         | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
     done
     ;;
+  x2-splits-n)  # 2 GPUs (session 16; the code is session 16's commit "Experiment: the o and down products of one row as
+               # CHIMERA_SPLITS float32 K-splits"): llama-3-8b (8 layers) tensor=2 == one GPU with one prompt and 4 splits,
+               # its profile, then llama-3-8b tensor=2 at 1 (XLA's split-K GEMM and reduction), 4, 8 and 16 splits, alternated
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    llama_8layers; opts=$(chimera_xla_flags)
+    CHIMERA_SPLITS=4 XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 python3 benchmarks/sharded_equality.py \
+      --dtype float32 --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --prompts 17 --new-tokens 16 \
+      --json $R/equality-8layers-one-row-splits4.json > $R/equality-splits4.log 2>&1
+    echo "== one-row equality, 4 splits, exit $?"; grep -E '"identical"|rror' $R/equality-splits4.log | tail -n 3 | cut -c1-300; save
+    CHIMERA_SPLITS=4 profile_8layers splits4 12
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1 --mesh tensor=2"
+    for splits in 4 1 8 16 1 4 8; do
+      echo "== splits $splits"; CHIMERA_SPLITS=$splits timeout 80 python3 -m chimera.runtime.cli $words \
+        --json $R/tensor2-splits$splits-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-check-m)  # 2 GPUs (session 15): the fused kernel as landed, on every tiny preset on tensor=2 and expert=2 == one GPU
               # (float32, the CLI's flags), then llama-3-8b at batch 1 and 16 on tensor=2 and one GPU
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
