@@ -198,14 +198,11 @@ __global__ void __launch_bounds__(kThreads)
 // normed's rows rows + blockIdx.x, 2 rows + blockIdx.x, ... below normed_rows. A thread a 16-byte line of
 // the row (the row's lines at most kNormThreads). Its latency is the call's cost: it runs once between
 // two GEMMs, on one SM a row.
-// This rank's partial: `splits` arrays of P split_bytes apart (a product's K-splits, float32) summed in order and
-// rounded to T; with one split of T the array itself.
-template <typename T, typename P>
+template <typename T>
 __global__ void __launch_bounds__(kNormThreads)
     add_rms_norm_kernel(const char* partial, const char* residual, const char* weight, char* new_residual,
-                        char* normed, int normed_rows, int row_bytes, float eps, int splits, size_t split_bytes,
-                        const __grid_constant__ Peers peers, int rank, int n_ranks) {
-  constexpr int kPartialLoads = sizeof(P) / sizeof(T);  // 16-byte loads of P for 16 bytes of T
+                        char* normed, int normed_rows, int row_bytes, float eps, const __grid_constant__ Peers peers,
+                        int rank, int n_ranks) {
   constexpr int kPerLine = 16 / sizeof(T);
   const int row = blockIdx.x;
   const int offset = threadIdx.x * 16;                    // in the row
@@ -220,33 +217,7 @@ __global__ void __launch_bounds__(kNormThreads)
   uint32_t* epochs = reinterpret_cast<uint32_t*>(peers.workspace[rank] + kNormEpochsOffset);
   const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + row) + 1;
   if (has_line) {
-    if (kPartialLoads == 1 && splits == 1) {
-      own = *reinterpret_cast<const uint4*>(partial + at);
-    } else {
-      constexpr int kRound = 4;  // splits loaded at once: their loads in flight together
-      float split_sums[kPerLine] = {};
-      for (int first = 0; first < splits; first += kRound) {
-        uint4 lines[kRound][kPartialLoads];
-#pragma unroll
-        for (int s = 0; s < kRound; ++s) {
-#pragma unroll
-          for (int load = 0; load < kPartialLoads; ++load) {
-            if (first + s < splits) {
-              lines[s][load] = *reinterpret_cast<const uint4*>(partial + (first + s) * split_bytes +
-                                                               at * kPartialLoads + load * 16);
-            }
-          }
-        }
-#pragma unroll
-        for (int s = 0; s < kRound; ++s) {
-#pragma unroll
-          for (int load = 0; load < kPartialLoads; ++load) {
-            if (first + s < splits) add<P>(split_sums + load * (16 / int(sizeof(P))), lines[s][load]);
-          }
-        }
-      }
-      own = pack<T>(split_sums);
-    }
+    own = *reinterpret_cast<const uint4*>(partial + at);
     before = *reinterpret_cast<const uint4*>(residual + at);
     send(peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, place, own);
     for (int zero_row = row + gridDim.x; zero_row < normed_rows; zero_row += gridDim.x) {
@@ -309,11 +280,9 @@ const char* chimera_all_reduce_init(const int* ordinals, int n_devices) {
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, all_reduce_kernel<__nv_bfloat16>);
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, all_reduce_kernel<__half>);
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, all_reduce_kernel<float>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__nv_bfloat16, __nv_bfloat16>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__nv_bfloat16, float>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__half, __half>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__half, float>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<float, float>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__nv_bfloat16>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__half>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<float>);
     for (int j = 0; status == cudaSuccess && j < n_devices; ++j) {
       if (ordinals[j] == device) continue;
       int can_access = 0;
@@ -425,20 +394,13 @@ static ffi::Error all_reduce(cudaStream_t stream, int32_t device, ffi::AnyBuffer
 static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuffer partial, ffi::AnyBuffer residual,
                                ffi::AnyBuffer weight, ffi::Result<ffi::AnyBuffer> new_residual,
                                ffi::Result<ffi::AnyBuffer> normed, ffi::Span<const int64_t> groups,
-                               int64_t group_size, float eps, int64_t splits) {
+                               int64_t group_size, float eps) {
   const ffi::DataType type = residual.element_type();
-  const bool float_splits = partial.element_type() == ffi::DataType::F32 && type != ffi::DataType::F32;
-  if ((partial.element_type() != type && !float_splits) || weight.element_type() != type) {
-    return ffi::Error::InvalidArgument("add_rms_norm: residual and weight must share one type, partial that or float32");
+  if (partial.element_type() != type || weight.element_type() != type) {
+    return ffi::Error::InvalidArgument("add_rms_norm: partial, residual and weight must share one type");
   }
   const size_t row_bytes = weight.size_bytes(), n_bytes = residual.size_bytes();
-  const size_t widening = float_splits ? 4 / ffi::ByteWidth(type) : 1;  // partial bytes a residual byte
-  const size_t split_bytes = splits > 0 ? partial.size_bytes() / size_t(splits) : 0;
-  if (splits < 1 || splits > 64 || partial.size_bytes() % size_t(splits) != 0 || split_bytes < n_bytes * widening) {
-    return ffi::Error::InvalidArgument("add_rms_norm: a partial of " + std::to_string(partial.size_bytes()) +
-                                       " bytes is not " + std::to_string(splits) + " splits of the rows");
-  }
-  if (row_bytes == 0 || row_bytes % 16 != 0 || row_bytes > size_t(kRowBytes) ||
+  if (row_bytes == 0 || row_bytes % 16 != 0 || row_bytes > size_t(kRowBytes) || partial.size_bytes() != n_bytes ||
       n_bytes % row_bytes != 0 || n_bytes / row_bytes > size_t(kMaxRows)) {
     return ffi::Error::InvalidArgument("add_rms_norm: rows of " + std::to_string(row_bytes) + " bytes (a multiple "
                                        "of 16 up to " + std::to_string(kRowBytes) + "), " +
@@ -463,21 +425,17 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
   char* after = static_cast<char*>(new_residual->untyped_data());
   char* out = static_cast<char*>(normed->untyped_data());
   const int bytes = static_cast<int>(row_bytes), n_ranks = static_cast<int>(group_size);
-  const int normed_rows = static_cast<int>(normed_bytes / row_bytes), n_splits = static_cast<int>(splits);
+  const int normed_rows = static_cast<int>(normed_bytes / row_bytes);
   switch (type) {
     case ffi::DataType::BF16:
-      return float_splits ? launch(stream, rows, kNormThreads, add_rms_norm_kernel<__nv_bfloat16, float>, in, before, w, after,
-                                   out, normed_rows, bytes, eps, n_splits, split_bytes, peers, rank, n_ranks)
-                          : launch(stream, rows, kNormThreads, add_rms_norm_kernel<__nv_bfloat16, __nv_bfloat16>, in, before, w,
-                                   after, out, normed_rows, bytes, eps, n_splits, split_bytes, peers, rank, n_ranks);
+      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__nv_bfloat16>, in, before, w, after, out,
+                    normed_rows, bytes, eps, peers, rank, n_ranks);
     case ffi::DataType::F16:
-      return float_splits ? launch(stream, rows, kNormThreads, add_rms_norm_kernel<__half, float>, in, before, w, after,
-                                   out, normed_rows, bytes, eps, n_splits, split_bytes, peers, rank, n_ranks)
-                          : launch(stream, rows, kNormThreads, add_rms_norm_kernel<__half, __half>, in, before, w,
-                                   after, out, normed_rows, bytes, eps, n_splits, split_bytes, peers, rank, n_ranks);
+      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__half>, in, before, w, after, out,
+                    normed_rows, bytes, eps, peers, rank, n_ranks);
     case ffi::DataType::F32:
-      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<float, float>, in, before, w, after, out,
-                    normed_rows, bytes, eps, n_splits, split_bytes, peers, rank, n_ranks);
+      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<float>, in, before, w, after, out,
+                    normed_rows, bytes, eps, peers, rank, n_ranks);
     default:
       return ffi::Error::InvalidArgument("add_rms_norm: only bfloat16, float16 and float32");
   }
@@ -504,6 +462,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(chimera_add_rms_norm, add_rms_norm,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("groups")
                                   .Attr<int64_t>("group_size")
-                                  .Attr<float>("eps")
-                                  .Attr<int64_t>("splits"),
+                                  .Attr<float>("eps"),
                               {ffi::Traits::kCmdBufferCompatible});

@@ -27,7 +27,7 @@ def psum_for_kernel(monkeypatch):
         summed.append(partial.shape)
         return jax.lax.psum(partial, "tensor")
 
-    def psum_add_rms_norm(partial, before, weight, eps, mesh, zero_rows=0, splits=1):
+    def psum_add_rms_norm(partial, before, weight, eps, mesh, zero_rows=0):
         summed.fused.append(partial.shape)
         after = before + jax.lax.psum(partial, "tensor")
         normed = rms_norm(after, weight, eps)
