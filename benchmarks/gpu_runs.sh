@@ -997,7 +997,8 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     done
     ;;
   x2-splits-n)  # 2 GPUs (session 16; the code is session 16's commit "Experiment: the o and down products of one row as
-               # CHIMERA_SPLITS float32 K-splits"): llama-3-8b (8 layers) tensor=2 == one GPU with one prompt and 4 splits,
+               # CHIMERA_SPLITS float32 K-splits"; its spec test took the down product only, not o): llama-3-8b (8 layers)
+               # tensor=2 == one GPU with one prompt and 4 splits,
                # its profile, then llama-3-8b tensor=2 at 1 (XLA's split-K GEMM and reduction), 4, 8 and 16 splits, alternated
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     llama_8layers; opts=$(chimera_xla_flags)
