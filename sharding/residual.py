@@ -88,11 +88,9 @@ def add_rms_norm(residual, y, weight, eps: float):
     replicated = PartitionSpec()
     residual, normed = jax.shard_map(local, mesh=y.mesh, in_specs=(PartitionSpec("tensor"), replicated, replicated),
                                      out_specs=(replicated, replicated), check_vma=False)(y.partials, residual, weight)
-    if not zero_rows:
-        return residual, normed
-    rows = normed  # [2, 1, D]: the normed row over a zero row
-    normed = rows[:1]
-    remember_two_rows(normed, rows)
+    if zero_rows:  # normed [2, 1, D]: the normed row over a zero row
+        rows, normed = normed, normed[:1]
+        remember_two_rows(normed, rows)
     return residual, normed
 
 

@@ -16,6 +16,13 @@ from sharding_cases import MAX_LEN, NEW_TOKENS, PROMPTS, greedy_tokens, random_p
 SPEC = "btf,fd->btd"
 
 
+def reference_add_rms_norm(x, w, before, weight, eps=1e-6):
+    """float64 from the same rounded inputs: (before + x . w, its RMS norm times weight)."""
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    after = f64(before) + np.einsum(SPEC, f64(x), f64(w))
+    return after, after / np.sqrt(np.mean(after ** 2, axis=-1, keepdims=True) + eps) * f64(weight)
+
+
 @pytest.mark.parametrize("preset,fused", [("llama-tiny", True), ("deepseek-moe-tiny", True),
                                           ("local-global-tiny", False), ("rwkv7-tiny", False)])
 def test_decoding_equals_one_device(preset, fused, psum_for_kernel):
@@ -26,7 +33,6 @@ def test_decoding_equals_one_device(preset, fused, psum_for_kernel):
     want = greedy_tokens(model, params)
     assert greedy_tokens(model, params, tensor_mesh(2)) == want
     assert bool(psum_for_kernel.fused) == fused
-
 
 
 def test_one_row_decoding_equals_one_device(psum_for_kernel):
@@ -65,10 +71,10 @@ def test_a_one_row_norm_hands_the_next_product_its_zero_row(psum_for_kernel):
         got = jax.jit(step)(x, w, before, weight, w_next)
     # the pads left are inside the shard_maps: x's for the partial products, the stand-in's zero row
     assert [eqn.primitive.name for eqn in outer] == ["shard_map", "shard_map", "slice", "dot_general", "slice"]
-    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
-    after = f64(before) + np.einsum(SPEC, f64(x), f64(w))
-    normed = after / np.sqrt(np.mean(after ** 2, axis=-1, keepdims=True) + 1e-6) * f64(weight)
-    np.testing.assert_allclose(f64(got), normed @ f64(w_next), rtol=1e-5, atol=1e-5)
+    _, normed = reference_add_rms_norm(x, w, before, weight)
+    np.testing.assert_allclose(np.asarray(got, np.float64), normed @ np.asarray(w_next, np.float64),
+                               rtol=1e-5, atol=1e-5)
+
 
 def test_an_output_is_unreduced_only_under_the_kernel(psum_for_kernel):
     rng = np.random.default_rng(0)
@@ -108,8 +114,7 @@ def test_add_rms_norm_is_the_sum_the_add_and_the_norm(dtype, psum_for_kernel):
     # in float32 into the norm: xla_allow_excess_precision)
     tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
     f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
-    want_after = f64(before) + np.einsum(SPEC, f64(x), f64(w))
-    want_normed = want_after / np.sqrt(np.mean(want_after ** 2, axis=-1, keepdims=True) + 1e-6) * f64(weight)
+    want_after, want_normed = reference_add_rms_norm(x, w, before, weight)
     np.testing.assert_allclose(f64(after), want_after, rtol=tolerance, atol=tolerance)
     np.testing.assert_allclose(f64(normed), want_normed, rtol=tolerance, atol=tolerance)
 
