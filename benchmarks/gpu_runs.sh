@@ -971,6 +971,31 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-parts-o)  # 2 GPUs (session 17; the code is session 17's commit "Experiment: the fused kernel as a cluster of
+              # blocks a row, L2 hints, K-splits"): CHIMERA_NORM_PARTS blocks a row (a cluster), CHIMERA_NORM_HINTS=1 (evict_last
+              # for the epoch, new residual, norm weight; the next call's lines prefetched), CHIMERA_SPLITS float32 K-splits of
+              # the o and down products summed in the kernel. Bits (all_reduce.py), llama-3-8b (8 layers) tensor=2 == one GPU
+              # (one prompt with splits; two prompts), then the tensor=2 bench alternated over variants "parts hints splits"
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    echo "== chain parts 8 hints 1"; CHIMERA_NORM_PARTS=8 CHIMERA_NORM_HINTS=1 timeout 100 python3 benchmarks/all_reduce.py \
+      --rows 1,16 --repeats 10 --chain 32 --json $R/all_reduce-p8h1.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -14 \
+      | cut -c1-160; save
+    llama_8layers; opts=$(chimera_xla_flags)
+    for variant in "8 1 4 17" "8 1 1 5,40"; do
+      set -- $variant
+      CHIMERA_NORM_PARTS=$1 CHIMERA_NORM_HINTS=$2 CHIMERA_SPLITS=$3 XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest \
+        timeout 150 python3 benchmarks/sharded_equality.py --dtype float32 --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 \
+        --prompts $4 --new-tokens 16 --json $R/equality-p$1h$2s$3.json > $R/equality-p$1h$2s$3.log 2>&1
+      echo "== equality $variant exit $?"; grep -E '"identical"|rror' $R/equality-p$1h$2s$3.log | tail -n 3 | cut -c1-300; save
+    done
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1 --mesh tensor=2"
+    for variant in "1 0 1" "8 1 4" "8 1 1" "1 1 1" "1 0 1" "8 1 4" "8 1 1" "1 1 1"; do
+      set -- $variant
+      echo "== parts $1 hints $2 splits $3"; CHIMERA_NORM_PARTS=$1 CHIMERA_NORM_HINTS=$2 CHIMERA_SPLITS=$3 timeout 80 \
+        python3 -m chimera.runtime.cli $words --json $R/tensor2-p$1h$2s$3-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" \
+        | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-rows-n)  # 2 GPUs (session 16): the fused kernel writes the zero row under a one-row norm, which the next products
              # multiply as it is (no pad kernel after the call): its bits against XLA and the zero row, llama-3-8b (8 layers)
              # tensor=2 == one GPU with one prompt (one-row steps) and two, then one layer's timeline with it

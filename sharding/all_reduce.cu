@@ -25,7 +25,10 @@
 // otherwise pad the custom call's output in a kernel of its own).
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
+
+#include <cooperative_groups.h>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -127,7 +130,7 @@ __device__ __forceinline__ void follow_previous_kernel() {
 #endif
 }
 
-// The sum of `value` over a block of kNormThreads, the same bits in every thread.
+// The sum of `value` over the block (whole warps), the same bits in every thread.
 __device__ __forceinline__ float block_sum(float value) {
   __shared__ float warp_sums[kNormThreads / 32];
 #pragma unroll
@@ -135,9 +138,37 @@ __device__ __forceinline__ float block_sum(float value) {
   if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = value;
   __syncthreads();
   float total = 0.f;
-#pragma unroll
-  for (int warp = 0; warp < kNormThreads / 32; ++warp) total += warp_sums[warp];
+  for (int warp = 0; warp < int(blockDim.x / 32); ++warp) total += warp_sums[warp];
   return total;
+}
+
+// EXPERIMENT: L2 residency hints. `evict_last` lines outlive the GEMMs' streamed weights in L2.
+__device__ __forceinline__ uint64_t evict_last_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+
+__device__ __forceinline__ uint4 load_kept(const char* address, uint64_t policy) {
+  uint4 v;
+  asm volatile("ld.global.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(address), "l"(policy));
+  return v;
+}
+
+__device__ __forceinline__ void store_kept(char* address, uint4 v, uint64_t policy) {
+  asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1, %2, %3, %4}, %5;" ::"l"(address), "r"(v.x), "r"(v.y),
+               "r"(v.z), "r"(v.w), "l"(policy)
+               : "memory");
+}
+
+__device__ __forceinline__ void store_kept(uint32_t* address, uint32_t v, uint64_t policy) {
+  asm volatile("st.global.L2::cache_hint.u32 [%0], %1, %2;" ::"l"(address), "r"(v), "l"(policy) : "memory");
+}
+
+__device__ __forceinline__ void prefetch_kept(const char* address) {
+  asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(address));
 }
 
 // The two lines that carry the 16 bytes at `place` of rank `source`'s message in `workspace`'s area at
@@ -193,34 +224,66 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) epochs[blockIdx.x] = epoch;
 }
 
-// Row blockIdx.x of [rows, row_bytes / sizeof(T)]: residual + the group's sum of `partial`, and its RMS
+// Row blockIdx.x / parts of [rows, row_bytes / sizeof(T)]: residual + the group's sum of `partial`, and its RMS
 // norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm); and zeros in
-// normed's rows rows + blockIdx.x, 2 rows + blockIdx.x, ... below normed_rows. A thread a 16-byte line of
-// the row (the row's lines at most kNormThreads). Its latency is the call's cost: it runs once between
-// two GEMMs, on one SM a row.
-template <typename T>
+// normed's rows rows + row, 2 rows + row, ... below normed_rows. A row is `parts` blocks (a thread block
+// cluster on Hopper: the row's sum of squares is gathered through their shared memory), a thread a 16-byte
+// line of the row. This rank's partial is `splits` arrays of P, split_bytes apart (a product's K-splits,
+// float32), summed in order and rounded to T; with one split of T, the array itself. Its latency is the
+// call's cost: it runs once between two GEMMs.
+template <typename T, typename P>
 __global__ void __launch_bounds__(kNormThreads)
-    add_rms_norm_kernel(const char* partial, const char* residual, const char* weight, char* new_residual,
-                        char* normed, int normed_rows, int row_bytes, float eps, const __grid_constant__ Peers peers,
-                        int rank, int n_ranks) {
+    add_rms_norm_kernel(const char* partial, int splits, size_t split_bytes, const char* residual, const char* weight,
+                        char* new_residual, char* normed, int normed_rows, int row_bytes, float eps, int parts,
+                        int hints, const __grid_constant__ Peers peers, int rank, int n_ranks) {
   constexpr int kPerLine = 16 / sizeof(T);
-  const int row = blockIdx.x;
-  const int offset = threadIdx.x * 16;                    // in the row
+  constexpr int kLoads = sizeof(P) / sizeof(T);  // 16-byte loads of P for a line of T
+  const int row = blockIdx.x / parts, part = blockIdx.x % parts, rows = gridDim.x / parts;
+  const int row_lines = row_bytes / 16, part_lines = (row_lines + parts - 1) / parts;
+  const int line = part * part_lines + threadIdx.x;
+  const bool has_line = int(threadIdx.x) < part_lines && line < row_lines;
+  const int offset = line * 16;                           // in the row
   const size_t at = size_t(row) * row_bytes + offset;     // in the arrays
   const size_t place = size_t(row) * kRowBytes + offset;  // in the workspace's messages
-  const bool has_line = offset < row_bytes;
+  const uint64_t policy = evict_last_policy();
   // Every load is issued before the first wait: each one's latency would otherwise add to the call's.
   // The weight is a parameter, which no kernel writes: it is read before the kernel before has finished.
   uint4 weights = {}, own = {}, before = {};
-  if (has_line) weights = *reinterpret_cast<const uint4*>(weight + offset);
+  if (has_line) weights = hints ? load_kept(weight + offset, policy) : *reinterpret_cast<const uint4*>(weight + offset);
   follow_previous_kernel();
   uint32_t* epochs = reinterpret_cast<uint32_t*>(peers.workspace[rank] + kNormEpochsOffset);
   const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + row) + 1;
   if (has_line) {
-    own = *reinterpret_cast<const uint4*>(partial + at);
+    if (kLoads == 1 && splits == 1) {
+      own = *reinterpret_cast<const uint4*>(partial + at);
+    } else {
+      constexpr int kRound = 4;  // splits loaded at once: their loads in flight together
+      float split_sums[kPerLine] = {};
+      for (int first = 0; first < splits; first += kRound) {
+        uint4 loaded[kRound][kLoads];
+#pragma unroll
+        for (int s = 0; s < kRound; ++s) {
+#pragma unroll
+          for (int load = 0; load < kLoads; ++load) {
+            if (first + s < splits) {
+              loaded[s][load] = *reinterpret_cast<const uint4*>(partial + (first + s) * split_bytes + at * kLoads +
+                                                                load * 16);
+            }
+          }
+        }
+#pragma unroll
+        for (int s = 0; s < kRound; ++s) {
+#pragma unroll
+          for (int load = 0; load < kLoads; ++load) {
+            if (first + s < splits) add<P>(split_sums + load * (16 / int(sizeof(P))), loaded[s][load]);
+          }
+        }
+      }
+      own = pack<T>(split_sums);
+    }
     before = *reinterpret_cast<const uint4*>(residual + at);
     send(peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, place, own);
-    for (int zero_row = row + gridDim.x; zero_row < normed_rows; zero_row += gridDim.x) {
+    for (int zero_row = row + rows; zero_row < normed_rows; zero_row += rows) {
       *reinterpret_cast<uint4*>(normed + size_t(zero_row) * row_bytes + offset) = make_uint4(0, 0, 0, 0);
     }
   }
@@ -235,12 +298,28 @@ __global__ void __launch_bounds__(kNormThreads)
 #pragma unroll
     for (int i = 0; i < kPerLine; ++i) values[i] += residual_values[i];
     const uint4 added = pack<T>(values);
-    *reinterpret_cast<uint4*>(new_residual + at) = added;
+    if (hints) {
+      store_kept(new_residual + at, added, policy);
+    } else {
+      *reinterpret_cast<uint4*>(new_residual + at) = added;
+    }
     unpack<T>(values, added);
 #pragma unroll
     for (int i = 0; i < kPerLine; ++i) squares += values[i] * values[i];
   }
-  const float scale = rsqrtf(block_sum(squares) / float(row_bytes / int(sizeof(T))) + eps);
+  float total = block_sum(squares);
+#if __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  if (parts > 1) {  // the row's blocks are one cluster: add their sums in part order (the same bits in each)
+    __shared__ float part_total;
+    if (threadIdx.x == 0) part_total = total;
+    cg::this_cluster().sync();
+    total = 0.f;
+    for (int other = 0; other < parts; ++other) total += *cg::this_cluster().map_shared_rank(&part_total, other);
+    cg::this_cluster().barrier_arrive();  // none leaves while another may still read its part_total
+  }
+#endif
+  const float scale = rsqrtf(total / float(row_bytes / int(sizeof(T))) + eps);
   if (has_line) {
     float scaled[kPerLine], weight_values[kPerLine];
 #pragma unroll
@@ -250,8 +329,23 @@ __global__ void __launch_bounds__(kNormThreads)
 #pragma unroll
     for (int i = 0; i < kPerLine; ++i) scaled[i] *= weight_values[i];
     *reinterpret_cast<uint4*>(normed + at) = pack<T>(scaled);
+    if (hints) {  // the lines the next call will wait on, into L2 to stay
+      for (int source = 0; source < n_ranks; ++source) {
+        if (source != rank) prefetch_kept(lines_at(peers.workspace[rank], kNormLinesOffset, kRowsBytes, epoch + 1,
+                                                   source, place));
+      }
+    }
   }
-  if (threadIdx.x == 0) epochs[row] = epoch;
+  if (threadIdx.x == 0 && part == 0) {  // every part has read the epoch (before the cluster's barrier)
+    if (hints) {
+      store_kept(epochs + row, epoch, policy);
+    } else {
+      epochs[row] = epoch;
+    }
+  }
+#if __CUDA_ARCH__ >= 900
+  if (parts > 1) cooperative_groups::this_cluster().barrier_wait();
+#endif
 }
 
 extern "C" {
@@ -280,9 +374,11 @@ const char* chimera_all_reduce_init(const int* ordinals, int n_devices) {
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, all_reduce_kernel<__nv_bfloat16>);
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, all_reduce_kernel<__half>);
     if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, all_reduce_kernel<float>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__nv_bfloat16>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__half>);
-    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<float>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__nv_bfloat16, __nv_bfloat16>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__nv_bfloat16, float>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__half, __half>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<__half, float>);
+    if (status == cudaSuccess) status = cudaFuncGetAttributes(&attributes, add_rms_norm_kernel<float, float>);
     for (int j = 0; status == cudaSuccess && j < n_devices; ++j) {
       if (ordinals[j] == device) continue;
       int can_access = 0;
@@ -344,18 +440,23 @@ static ffi::Error find_peers(int32_t device, ffi::Span<const int64_t> groups, in
 
 // Launches kernel<<<blocks, threads>>>(args...) as a programmatic dependent (as XLA launches its own
 // kernels): its start overlaps the end of the kernel before, which it waits for (griddepcontrol.wait)
-// before reading anything.
+// before reading anything. cluster > 1: blocks in clusters of that many (Hopper).
 template <typename... Params, typename... Args>
-static ffi::Error launch(cudaStream_t stream, int blocks, int threads, void (*kernel)(Params...), Args... args) {
-  cudaLaunchAttribute attribute = {};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
+static ffi::Error launch(cudaStream_t stream, int blocks, int threads, int cluster, void (*kernel)(Params...),
+                         Args... args) {
+  cudaLaunchAttribute attributes[2] = {};
+  attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[0].val.programmaticStreamSerializationAllowed = 1;
+  attributes[1].id = cudaLaunchAttributeClusterDimension;
+  attributes[1].val.clusterDim.x = cluster;
+  attributes[1].val.clusterDim.y = 1;
+  attributes[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(blocks);
   config.blockDim = dim3(threads);
   config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
+  config.attrs = attributes;
+  config.numAttrs = cluster > 1 ? 2 : 1;
   cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(status));
@@ -380,27 +481,42 @@ static ffi::Error all_reduce(cudaStream_t stream, int32_t device, ffi::AnyBuffer
   const int n_ranks = static_cast<int>(group_size);
   switch (input.element_type()) {
     case ffi::DataType::BF16:
-      return launch(stream, blocks, kThreads, all_reduce_kernel<__nv_bfloat16>, in, out, n_bytes, peers, rank, n_ranks);
+      return launch(stream, blocks, kThreads, 1, all_reduce_kernel<__nv_bfloat16>, in, out, n_bytes, peers, rank, n_ranks);
     case ffi::DataType::F16:
-      return launch(stream, blocks, kThreads, all_reduce_kernel<__half>, in, out, n_bytes, peers, rank, n_ranks);
+      return launch(stream, blocks, kThreads, 1, all_reduce_kernel<__half>, in, out, n_bytes, peers, rank, n_ranks);
     case ffi::DataType::F32:
-      return launch(stream, blocks, kThreads, all_reduce_kernel<float>, in, out, n_bytes, peers, rank, n_ranks);
+      return launch(stream, blocks, kThreads, 1, all_reduce_kernel<float>, in, out, n_bytes, peers, rank, n_ranks);
     default:
       return ffi::Error::InvalidArgument("all-reduce: only bfloat16, float16 and float32");
   }
 }
 
-// partial, residual, new_residual: [rows, D]; normed: [rows + zero rows, D]; weight: [D]; all of one type.
+static int environment_int(const char* name, int fallback) {  // EXPERIMENT: variants chosen by the environment
+  const char* value = getenv(name);
+  return value ? atoi(value) : fallback;
+}
+
+// partial: [splits, >= rows, D] of the type or float32; residual, new_residual: [rows, D]; normed: [rows + zero
+// rows, D]; weight: [D]; all but partial of one type.
 static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuffer partial, ffi::AnyBuffer residual,
                                ffi::AnyBuffer weight, ffi::Result<ffi::AnyBuffer> new_residual,
                                ffi::Result<ffi::AnyBuffer> normed, ffi::Span<const int64_t> groups,
-                               int64_t group_size, float eps) {
+                               int64_t group_size, float eps, int64_t splits) {
   const ffi::DataType type = residual.element_type();
-  if (partial.element_type() != type || weight.element_type() != type) {
-    return ffi::Error::InvalidArgument("add_rms_norm: partial, residual and weight must share one type");
+  const bool float_splits = partial.element_type() == ffi::DataType::F32 && type != ffi::DataType::F32;
+  if ((partial.element_type() != type && !float_splits) || weight.element_type() != type) {
+    return ffi::Error::InvalidArgument("add_rms_norm: residual and weight must share one type, partial that or "
+                                       "float32");
   }
   const size_t row_bytes = weight.size_bytes(), n_bytes = residual.size_bytes();
-  if (row_bytes == 0 || row_bytes % 16 != 0 || row_bytes > size_t(kRowBytes) || partial.size_bytes() != n_bytes ||
+  const size_t widening = float_splits ? 4 / ffi::ByteWidth(type) : 1;  // partial bytes a residual byte
+  const size_t split_bytes = splits > 0 ? partial.size_bytes() / size_t(splits) : 0;
+  if (splits < 1 || splits > 64 || partial.size_bytes() % size_t(splits) != 0 || split_bytes < n_bytes * widening ||
+      (splits == 1 && split_bytes != n_bytes * widening)) {
+    return ffi::Error::InvalidArgument("add_rms_norm: a partial of " + std::to_string(partial.size_bytes()) +
+                                       " bytes is not " + std::to_string(splits) + " splits of the rows");
+  }
+  if (row_bytes == 0 || row_bytes % 16 != 0 || row_bytes > size_t(kRowBytes) ||
       n_bytes % row_bytes != 0 || n_bytes / row_bytes > size_t(kMaxRows)) {
     return ffi::Error::InvalidArgument("add_rms_norm: rows of " + std::to_string(row_bytes) + " bytes (a multiple "
                                        "of 16 up to " + std::to_string(kRowBytes) + "), " +
@@ -418,27 +534,36 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
   int rank = 0;
   ffi::Error found = find_peers(device, groups, group_size, &peers, &rank);
   if (found.failure()) return found;
-  const int rows = static_cast<int>(n_bytes / row_bytes);
+  int major = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  const int row_lines = static_cast<int>(row_bytes / 16);
+  int parts = environment_int("CHIMERA_NORM_PARTS", 1);
+  if (parts < 1 || parts > 8) return ffi::Error::InvalidArgument("CHIMERA_NORM_PARTS must be in [1, 8]");
+  if (major < 9 || parts > row_lines) parts = 1;
+  const int hints = environment_int("CHIMERA_NORM_HINTS", 0);
+  const int part_lines = (row_lines + parts - 1) / parts, threads = (part_lines + 31) / 32 * 32;
+  const int rows = static_cast<int>(n_bytes / row_bytes), blocks = rows * parts;
   const char* in = static_cast<const char*>(partial.untyped_data());
   const char* before = static_cast<const char*>(residual.untyped_data());
   const char* w = static_cast<const char*>(weight.untyped_data());
   char* after = static_cast<char*>(new_residual->untyped_data());
   char* out = static_cast<char*>(normed->untyped_data());
   const int bytes = static_cast<int>(row_bytes), n_ranks = static_cast<int>(group_size);
-  const int normed_rows = static_cast<int>(normed_bytes / row_bytes);
+  const int normed_rows = static_cast<int>(normed_bytes / row_bytes), n_splits = static_cast<int>(splits);
+#define CHIMERA_LAUNCH_NORM(T, P)                                                                                  \
+  launch(stream, blocks, threads, parts, add_rms_norm_kernel<T, P>, in, n_splits, split_bytes, before, w, after, out, \
+         normed_rows, bytes, eps, parts, hints, peers, rank, n_ranks)
   switch (type) {
     case ffi::DataType::BF16:
-      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__nv_bfloat16>, in, before, w, after, out,
-                    normed_rows, bytes, eps, peers, rank, n_ranks);
+      return float_splits ? CHIMERA_LAUNCH_NORM(__nv_bfloat16, float) : CHIMERA_LAUNCH_NORM(__nv_bfloat16, __nv_bfloat16);
     case ffi::DataType::F16:
-      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<__half>, in, before, w, after, out,
-                    normed_rows, bytes, eps, peers, rank, n_ranks);
+      return float_splits ? CHIMERA_LAUNCH_NORM(__half, float) : CHIMERA_LAUNCH_NORM(__half, __half);
     case ffi::DataType::F32:
-      return launch(stream, rows, kNormThreads, add_rms_norm_kernel<float>, in, before, w, after, out,
-                    normed_rows, bytes, eps, peers, rank, n_ranks);
+      return CHIMERA_LAUNCH_NORM(float, float);
     default:
       return ffi::Error::InvalidArgument("add_rms_norm: only bfloat16, float16 and float32");
   }
+#undef CHIMERA_LAUNCH_NORM
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(chimera_all_reduce, all_reduce,
@@ -462,5 +587,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(chimera_add_rms_norm, add_rms_norm,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("groups")
                                   .Attr<int64_t>("group_size")
-                                  .Attr<float>("eps"),
+                                  .Attr<float>("eps")
+                                  .Attr<int64_t>("splits"),
                               {ffi::Traits::kCmdBufferCompatible});

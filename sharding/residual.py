@@ -13,8 +13,11 @@ unsummed, as an `Unreduced`, and `add_rms_norm` sums, adds and normalises them i
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
@@ -30,6 +33,35 @@ class Unreduced:
     `tensor` of `mesh` (device i holds partials[i], its own partial product). `finished` sums it."""
     partials: jax.Array
     mesh: Mesh = dataclasses.field(metadata={"static": True})
+    # EXPERIMENT: splits > 1: partials [tensor, splits, 2, D] float32, K-splits of one row (row 1: the zero row's)
+    splits: int = dataclasses.field(default=1, metadata={"static": True})
+    dtype: object = dataclasses.field(default=None, metadata={"static": True})  # the output's, when split
+    shape: tuple = dataclasses.field(default=(), metadata={"static": True})  # the output's, when split
+
+
+def split_count(spec: str, x, w, n_ranks: int) -> int:
+    """EXPERIMENT: CHIMERA_SPLITS K-splits for a one-row output product whose contracted letters end x's and
+    start w's (1: XLA's product)."""
+    splits = int(os.environ.get("CHIMERA_SPLITS", "1"))
+    x_letters, w_letters = spec.split("->")[0].split(",")
+    out_letters = spec.split("->")[1]
+    contracted = "".join(letter for letter in x_letters if letter in w_letters and letter not in out_letters)
+    n = len(contracted)
+    if (splits <= 1 or not n or not x_letters.endswith(contracted) or not w_letters.startswith(contracted)
+            or out_letters != x_letters[:-n] + w_letters[n:] or math.prod(x.shape[:-n]) != 1):
+        return 1
+    k = math.prod(x.shape[-n:]) // n_ranks
+    return splits if k % splits == 0 else 1
+
+
+def split_product(spec: str, x, w, splits: int):
+    """EXPERIMENT: the one-row product linear(spec, x, w) as `splits` float32 K-slices' products, [splits, 2, D]
+    (row 1 the zero row's, so XLA keeps a GEMM)."""
+    k = x.size
+    w_rows = w.reshape(k, -1)  # [K, D]
+    x_slices = jnp.pad(x.reshape(splits, 1, k // splits), [(0, 0), (0, 1), (0, 0)])  # [S, 2, K/S]
+    w_slices = w_rows.reshape(splits, k // splits, w_rows.shape[-1])  # [S, K/S, D]
+    return jnp.einsum("smk,skd->smd", x_slices, w_slices, preferred_element_type=jnp.float32)  # [S, 2, D]
 
 
 def row_parallel_output(spec: str, x, w, split: str):
@@ -41,11 +73,18 @@ def row_parallel_output(spec: str, x, w, split: str):
     if not all_reduce.applies(mesh, spec, x, w, split):
         return all_reduce.row_parallel_linear(spec, x, w, split)
 
+    splits = split_count(spec, x, w, mesh.shape["tensor"])
+
     def local(x_slice, w_slice):
+        if splits > 1:
+            return split_product(spec, x_slice, w_slice, splits)[None]  # [1, S, 2, D]
         return linear(spec, x_slice, w_slice)[None]  # [1, B, T, D]: this device's partial product
 
     partials = jax.shard_map(local, mesh=mesh, in_specs=all_reduce.split_specs(spec, split),
                              out_specs=PartitionSpec("tensor"), check_vma=False)(x, w)
+    if splits > 1:
+        out = jax.eval_shape(lambda x, w: linear(spec, x, w), x, w)
+        return Unreduced(partials, mesh, splits, np.dtype(out.dtype), out.shape)
     return Unreduced(partials, mesh)
 
 
@@ -55,6 +94,8 @@ def finished(y):
         return y
 
     def local(partial):  # [1, B, T, D]
+        if y.splits > 1:  # [1, S, 2, D]
+            return all_reduce.sum_over_tensor(partial[0].sum(axis=0)[0].reshape(y.shape).astype(y.dtype), y.mesh)
         return all_reduce.sum_over_tensor(partial[0], y.mesh)
 
     return jax.shard_map(local, mesh=y.mesh, in_specs=PartitionSpec("tensor"), out_specs=PartitionSpec(),
@@ -66,7 +107,7 @@ def fuses(residual, y: Unreduced, weight) -> bool:
     to all_reduce.MAX_ROW_BYTES, at most all_reduce.MAX_ROWS rows."""
     dtype = np.dtype(residual.dtype)
     row_bytes = residual.shape[-1] * dtype.itemsize
-    return (np.dtype(y.partials.dtype) == dtype == np.dtype(weight.dtype)
+    return (np.dtype(y.dtype if y.splits > 1 else y.partials.dtype) == dtype == np.dtype(weight.dtype)
             and all_reduce.size_takes(residual.shape[-1:], dtype) and row_bytes <= all_reduce.MAX_ROW_BYTES
             and residual.size // residual.shape[-1] <= all_reduce.MAX_ROWS)
 
@@ -83,7 +124,7 @@ def add_rms_norm(residual, y, weight, eps: float):
     zero_rows = 1 if residual.shape[0] * residual.shape[1] == 1 else 0
 
     def local(partial, residual, weight):  # [1, B, T, D], [B, T, D], [D]
-        return sum_add_rms_norm(partial[0], residual, weight, eps, y.mesh, zero_rows)
+        return sum_add_rms_norm(partial[0], residual, weight, eps, y.mesh, zero_rows, y.splits)
 
     replicated = PartitionSpec()
     residual, normed = jax.shard_map(local, mesh=y.mesh, in_specs=(PartitionSpec("tensor"), replicated, replicated),
@@ -94,7 +135,7 @@ def add_rms_norm(residual, y, weight, eps: float):
     return residual, normed
 
 
-def sum_add_rms_norm(partial, residual, weight, eps: float, mesh: Mesh, zero_rows: int = 0):
+def sum_add_rms_norm(partial, residual, weight, eps: float, mesh: Mesh, zero_rows: int = 0, splits: int = 1):
     """Inside a shard_map over `mesh`: residual [B, T, D] + the sum of `partial` over `tensor`, and its
     RMS norm by `weight`, by the kernel: (new residual [B, T, D], normed [B + zero_rows, T, D]), the
     normed rows followed by `zero_rows` rows of zeros."""
@@ -102,4 +143,4 @@ def sum_add_rms_norm(partial, residual, weight, eps: float, mesh: Mesh, zero_row
     normed = jax.ShapeDtypeStruct((residual.shape[0] + zero_rows,) + residual.shape[1:], residual.dtype)
     return jax.ffi.ffi_call(all_reduce.ADD_RMS_NORM_TARGET, (shape, normed))(
         partial, residual, weight, groups=all_reduce.groups(mesh), group_size=np.int64(mesh.shape["tensor"]),
-        eps=np.float32(eps))
+        eps=np.float32(eps), splits=np.int64(splits))
