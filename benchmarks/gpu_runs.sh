@@ -971,6 +971,23 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-parts2-o)  # 2 GPUs (session 17, the same experiment; CHIMERA_SPLITS "a,b": a splits for a K of at most 4096 a
+               # device (o), b above (down)): a profile with 8 parts and 4 splits, then the tensor=2 bench alternated over
+               # variants "parts hints splits", one GPU, and llama-3-8b-half (the bound: tensor=2 with free sums)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    CHIMERA_NORM_PARTS=8 CHIMERA_SPLITS=4 profile_8layers p8s4 30
+    llama_half
+    words="bench --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
+    for variant in "8 0 4" "8 0 4,8" "4 0 4" "8 0 8" "2 0 4" "1gpu" "8 0 4" "8 0 4,8" "4 0 4" "1gpu" "half"; do
+      set -- $variant
+      if [ $1 = 1gpu ]; then run="--config llama-3-8b"; set -- 1 0 1
+      elif [ $1 = half ]; then run="--config $R/llama-3-8b-half.yaml"; set -- 1 0 1
+      else run="--config llama-3-8b --mesh tensor=2"; fi
+      echo "== $variant"; CHIMERA_NORM_PARTS=$1 CHIMERA_NORM_HINTS=$2 CHIMERA_SPLITS=$3 timeout 80 \
+        python3 -m chimera.runtime.cli $words $run --json $R/$(echo $variant | tr ' ,' '_-')-$RANDOM.json 2>&1 \
+        | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-parts-o)  # 2 GPUs (session 17; the code is session 17's commit "Experiment: the fused kernel as a cluster of
               # blocks a row, L2 hints, K-splits"): CHIMERA_NORM_PARTS blocks a row (a cluster), CHIMERA_NORM_HINTS=1 (evict_last
               # for the epoch, new residual, norm weight; the next call's lines prefetched), CHIMERA_SPLITS float32 K-splits of

@@ -42,16 +42,17 @@ class Unreduced:
 def split_count(spec: str, x, w, n_ranks: int) -> int:
     """EXPERIMENT: CHIMERA_SPLITS K-splits for a one-row output product whose contracted letters end x's and
     start w's (1: XLA's product)."""
-    splits = int(os.environ.get("CHIMERA_SPLITS", "1"))
+    counts = [int(count) for count in os.environ.get("CHIMERA_SPLITS", "1").split(",")]  # "S" or "S at K <= 4096,S above"
     x_letters, w_letters = spec.split("->")[0].split(",")
     out_letters = spec.split("->")[1]
     contracted = "".join(letter for letter in x_letters if letter in w_letters and letter not in out_letters)
     n = len(contracted)
-    if (splits <= 1 or not n or not x_letters.endswith(contracted) or not w_letters.startswith(contracted)
+    if (max(counts) <= 1 or not n or not x_letters.endswith(contracted) or not w_letters.startswith(contracted)
             or out_letters != x_letters[:-n] + w_letters[n:] or math.prod(x.shape[:-n]) != 1):
         return 1
     k = math.prod(x.shape[-n:]) // n_ranks
-    return splits if k % splits == 0 else 1
+    splits = counts[0] if k <= 4096 or len(counts) == 1 else counts[1]
+    return splits if splits > 1 and k % splits == 0 else 1
 
 
 def split_product(spec: str, x, w, splits: int):
