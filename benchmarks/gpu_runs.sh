@@ -971,6 +971,17 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-trace-o)  # 2 GPUs (session 17; the code is session 17's commit "Experiment: clock64 stamps in the fused kernel"):
+              # where the fused kernel's time goes (benchmarks/norm_trace.py, llama-3-8b cut to 8 layers, tensor=2, one
+              # prompt), as committed (1 part, no splits) and with 8 parts and 4 or 8 splits
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(chimera_xla_flags)
+    for variant in "1 1" "8 4" "8 8" "1 1"; do
+      set -- $variant
+      echo "== parts $1 splits $2"; CHIMERA_NORM_PARTS=$1 CHIMERA_SPLITS=$2 XLA_FLAGS="$opts" timeout 120 python3 \
+        benchmarks/norm_trace.py --layers 8 --gen 64 2>&1 | grep -vE "^[IW]0000|^WARNING" | tee $R/trace-p$1s$2.log | tail -20; save
+    done
+    ;;
   x2-parts2-o)  # 2 GPUs (session 17, the same experiment; CHIMERA_SPLITS "a,b": a splits for a K of at most 4096 a
                # device (o), b above (down)): a profile with 8 parts and 4 splits, then the tensor=2 bench alternated over
                # variants "parts hints splits", one GPU, and llama-3-8b-half (the bound: tensor=2 with free sums)

@@ -57,6 +57,18 @@ constexpr size_t kNormEpochsOffset = kNormLinesOffset + kNormLinesBytes;
 constexpr size_t kWorkspaceBytes = kNormEpochsOffset + kMaxRows * sizeof(uint32_t);
 
 static char* g_workspace[kMaxDevices] = {};  // by CUDA device ordinal
+
+// EXPERIMENT: clock64 at points of add_rms_norm_kernel (block 0, thread 0), as cycles after its first, per call.
+constexpr int kTracePoints = 8, kTraceCalls = 8192;
+__device__ long long g_trace[kTraceCalls][kTracePoints];
+__device__ unsigned int g_trace_calls;
+
+// The SM's cycle counter once `value` has arrived (the register dependence makes the read wait for it).
+__device__ __forceinline__ long long clock_after(uint32_t value) {
+  long long t;
+  asm volatile("{\n .reg .u32 unused;\n mov.u32 unused, %1;\n mov.u64 %0, %%clock64;\n}" : "=l"(t) : "r"(value) : "memory");
+  return t;
+}
 static char g_error[512];
 
 // The group's workspaces, by rank. The kernels take it as a __grid_constant__ parameter: indexed by a rank
@@ -236,6 +248,9 @@ __global__ void __launch_bounds__(kNormThreads)
     add_rms_norm_kernel(const char* partial, int splits, size_t split_bytes, const char* residual, const char* weight,
                         char* new_residual, char* normed, int normed_rows, int row_bytes, float eps, int parts,
                         int hints, const __grid_constant__ Peers peers, int rank, int n_ranks) {
+  long long trace[kTracePoints] = {};
+  const bool tracer = blockIdx.x == 0 && threadIdx.x == 0;
+  trace[0] = clock_after(0);
   constexpr int kPerLine = 16 / sizeof(T);
   constexpr int kLoads = sizeof(P) / sizeof(T);  // 16-byte loads of P for a line of T
   const int row = blockIdx.x / parts, part = blockIdx.x % parts, rows = gridDim.x / parts;
@@ -251,8 +266,10 @@ __global__ void __launch_bounds__(kNormThreads)
   uint4 weights = {}, own = {}, before = {};
   if (has_line) weights = hints ? load_kept(weight + offset, policy) : *reinterpret_cast<const uint4*>(weight + offset);
   follow_previous_kernel();
+  trace[1] = clock_after(0);
   uint32_t* epochs = reinterpret_cast<uint32_t*>(peers.workspace[rank] + kNormEpochsOffset);
   const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + row) + 1;
+  trace[2] = clock_after(epoch);
   if (has_line) {
     if (kLoads == 1 && splits == 1) {
       own = *reinterpret_cast<const uint4*>(partial + at);
@@ -281,6 +298,7 @@ __global__ void __launch_bounds__(kNormThreads)
       }
       own = pack<T>(split_sums);
     }
+    trace[3] = clock_after(own.x ^ own.w);
     before = *reinterpret_cast<const uint4*>(residual + at);
     send(peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, place, own);
     for (int zero_row = row + rows; zero_row < normed_rows; zero_row += rows) {
@@ -291,7 +309,9 @@ __global__ void __launch_bounds__(kNormThreads)
   float squares = 0.f;
   if (has_line) {
     float sums[kPerLine] = {};
+    trace[4] = clock_after(0);
     gather<T>(sums, peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, place, own);
+    trace[5] = clock_after(__float_as_uint(sums[0]));
     float residual_values[kPerLine];
     unpack<T>(values, pack<T>(sums));  // the block's output, rounded to T
     unpack<T>(residual_values, before);
@@ -319,6 +339,7 @@ __global__ void __launch_bounds__(kNormThreads)
     cg::this_cluster().barrier_arrive();  // none leaves while another may still read its part_total
   }
 #endif
+  trace[6] = clock_after(__float_as_uint(total));
   const float scale = rsqrtf(total / float(row_bytes / int(sizeof(T))) + eps);
   if (has_line) {
     float scaled[kPerLine], weight_values[kPerLine];
@@ -346,6 +367,11 @@ __global__ void __launch_bounds__(kNormThreads)
 #if __CUDA_ARCH__ >= 900
   if (parts > 1) cooperative_groups::this_cluster().barrier_wait();
 #endif
+  trace[7] = clock_after(0);
+  if (tracer) {
+    const unsigned int call = atomicAdd(&g_trace_calls, 1u) % kTraceCalls;
+    for (int point = 0; point < kTracePoints; ++point) g_trace[call][point] = trace[point] - trace[0];
+  }
 }
 
 extern "C" {
@@ -402,6 +428,19 @@ const char* chimera_all_reduce_init(const int* ordinals, int n_devices) {
   }
   cudaSetDevice(previous);
   return nullptr;
+}
+
+// EXPERIMENT: copies device `ordinal`'s trace (the latest calls, at most kTraceCalls) to out [kTraceCalls][kTracePoints];
+// returns how many calls it has recorded in all, or -1.
+int chimera_norm_trace(int ordinal, long long* out) {
+  int previous = 0;
+  cudaGetDevice(&previous);
+  unsigned int calls = 0;
+  cudaError_t status = cudaSetDevice(ordinal);
+  if (status == cudaSuccess) status = cudaMemcpyFromSymbol(&calls, g_trace_calls, sizeof calls);
+  if (status == cudaSuccess) status = cudaMemcpyFromSymbol(out, g_trace, sizeof g_trace);
+  cudaSetDevice(previous);
+  return status == cudaSuccess ? static_cast<int>(calls) : -1;
 }
 
 int chimera_all_reduce_max_bytes() { return static_cast<int>(kSlotBytes); }
