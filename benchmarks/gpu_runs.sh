@@ -971,6 +971,33 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-cluster-o)  # 2 GPUs (session 17; the code is session 17's commit "Experiment: the parts' sums of squares read at
+                # once"): the stamps (norm_trace.py, built with -DCHIMERA_NORM_TRACE) with 8 parts and 4 splits; then, built
+                # without them, the bits (all_reduce.py, 8 parts), llama-3-8b (8 layers) tensor=2 == one GPU (one prompt, 8
+                # parts, 4 splits; two prompts, 8 parts), and the bench alternated: as committed before the experiment
+                # (1 part, no splits), 8 parts + 4 splits, one GPU
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(chimera_xla_flags)
+    echo "== stamps, parts 8 splits 4"; CHIMERA_NVCC_DEFINES=-DCHIMERA_NORM_TRACE CHIMERA_NORM_PARTS=8 CHIMERA_SPLITS=4 \
+      XLA_FLAGS="$opts" timeout 120 python3 benchmarks/norm_trace.py --layers 8 --gen 64 2>&1 | grep -vE "^[IW]0000|^WARNING" \
+      | tee $R/trace-p8s4.log | tail -10; save
+    echo "== chain parts 8"; CHIMERA_NORM_PARTS=8 timeout 100 python3 benchmarks/all_reduce.py --rows 1,16 --repeats 10 \
+      --chain 32 --json $R/all_reduce-p8.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | grep fused | cut -c1-200; save
+    llama_8layers
+    for variant in "8 4 17" "8 1 5,40"; do
+      set -- $variant
+      CHIMERA_NORM_PARTS=$1 CHIMERA_SPLITS=$2 XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 python3 \
+        benchmarks/sharded_equality.py --dtype float32 --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --prompts $3 \
+        --new-tokens 16 --json $R/equality-p$1s$2.json > $R/equality-p$1s$2.log 2>&1
+      echo "== equality $variant exit $?"; grep -E '"identical"|rror' $R/equality-p$1s$2.log | tail -n 3 | cut -c1-300; save
+    done
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
+    for variant in "1 1" "8 4" "1gpu" "8 4" "1 1" "1gpu" "8 4"; do
+      set -- $variant; mesh="--mesh tensor=2"; [ $1 = 1gpu ] && { mesh=""; set -- 1 1; }
+      echo "== $variant"; CHIMERA_NORM_PARTS=$1 CHIMERA_SPLITS=$2 timeout 80 python3 -m chimera.runtime.cli $words $mesh \
+        --json $R/$(echo $variant | tr ' ' '_')-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-trace-o)  # 2 GPUs (session 17; the code is session 17's commit "Experiment: clock64 stamps in the fused kernel"):
               # where the fused kernel's time goes (benchmarks/norm_trace.py, llama-3-8b cut to 8 layers, tensor=2, one
               # prompt), as committed (1 part, no splits) and with 8 parts and 4 or 8 splits

@@ -39,6 +39,7 @@
 namespace ffi = xla::ffi;
 
 constexpr int kMaxRanks = 8;
+constexpr int kMaxParts = 8;  // blocks a row of add_rms_norm_kernel (a portable cluster's most)
 constexpr int kMaxDevices = 64;
 constexpr int kThreads = 256;  // all_reduce_kernel's threads a block
 constexpr int kBlockBytes = kThreads * 16;  // 16 bytes of the message a thread
@@ -65,6 +66,9 @@ __device__ unsigned int g_trace_calls;
 
 // The SM's cycle counter once `value` has arrived (the register dependence makes the read wait for it).
 __device__ __forceinline__ long long clock_after(uint32_t value) {
+#ifndef CHIMERA_NORM_TRACE
+  return 0;
+#endif
   long long t;
   asm volatile("{\n .reg .u32 unused;\n mov.u32 unused, %1;\n mov.u64 %0, %%clock64;\n}" : "=l"(t) : "r"(value) : "memory");
   return t;
@@ -301,9 +305,6 @@ __global__ void __launch_bounds__(kNormThreads)
     trace[3] = clock_after(own.x ^ own.w);
     before = *reinterpret_cast<const uint4*>(residual + at);
     send(peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, place, own);
-    for (int zero_row = row + rows; zero_row < normed_rows; zero_row += rows) {
-      *reinterpret_cast<uint4*>(normed + size_t(zero_row) * row_bytes + offset) = make_uint4(0, 0, 0, 0);
-    }
   }
   float values[kPerLine] = {};  // the new residual's, rounded to T; zeros past the row
   float squares = 0.f;
@@ -334,8 +335,12 @@ __global__ void __launch_bounds__(kNormThreads)
     __shared__ float part_total;
     if (threadIdx.x == 0) part_total = total;
     cg::this_cluster().sync();
+    // lane i reads part i's sum (the loads in flight at once), and every lane adds them in part order
+    const int lane = threadIdx.x % 32;
+    const float lane_total = lane < parts ? *cg::this_cluster().map_shared_rank(&part_total, lane) : 0.f;
     total = 0.f;
-    for (int other = 0; other < parts; ++other) total += *cg::this_cluster().map_shared_rank(&part_total, other);
+#pragma unroll
+    for (int other = 0; other < kMaxParts; ++other) total += __shfl_sync(0xffffffffu, lane_total, other);
     cg::this_cluster().barrier_arrive();  // none leaves while another may still read its part_total
   }
 #endif
@@ -350,6 +355,9 @@ __global__ void __launch_bounds__(kNormThreads)
 #pragma unroll
     for (int i = 0; i < kPerLine; ++i) scaled[i] *= weight_values[i];
     *reinterpret_cast<uint4*>(normed + at) = pack<T>(scaled);
+    for (int zero_row = row + rows; zero_row < normed_rows; zero_row += rows) {
+      *reinterpret_cast<uint4*>(normed + size_t(zero_row) * row_bytes + offset) = make_uint4(0, 0, 0, 0);
+    }
     if (hints) {  // the lines the next call will wait on, into L2 to stay
       for (int source = 0; source < n_ranks; ++source) {
         if (source != rank) prefetch_kept(lines_at(peers.workspace[rank], kNormLinesOffset, kRowsBytes, epoch + 1,
@@ -368,10 +376,12 @@ __global__ void __launch_bounds__(kNormThreads)
   if (parts > 1) cooperative_groups::this_cluster().barrier_wait();
 #endif
   trace[7] = clock_after(0);
+#ifdef CHIMERA_NORM_TRACE
   if (tracer) {
     const unsigned int call = atomicAdd(&g_trace_calls, 1u) % kTraceCalls;
     for (int point = 0; point < kTracePoints; ++point) g_trace[call][point] = trace[point] - trace[0];
   }
+#endif
 }
 
 extern "C" {
