@@ -7,7 +7,8 @@ Checks first that the kernel's sum equals `lax.psum`'s bit for bit (float32 and 
 partial sums, many calls in a row so the epochs advance), and that the fused kernel
 (sharding/residual.py: the sum, the residual add and the RMS norm) gives the residual XLA's sum and
 add give, bit for bit, and the norm XLA computes from that residual, up to the order of its sum of
-squares (counted: elements that differ, and by how many units in the last place). Then times per
+squares (counted: elements that differ, and by how many units in the last place), and that one
+row's float32 K-splits give the residual their sum in split order gives, bit for bit. Then times per
 call: a shard_map whose body sums its partial `--chain` times, each sum scaled and fed to the next
 (or, for the norms, each normed output the next partial and each residual the next), compiled with
 the options a one-row tensor-parallel decode program gets, under the CLI's XLA_FLAGS.
@@ -101,6 +102,35 @@ def check_fused(mesh, devices: int, width: int, rng, results: dict):
                 row["zero_row_zeros"] = bool(not np.any(padded[1:].astype(np.float32)))
             print(f"fused {name} rows {rows}: {row}", flush=True)
             results[f"fused_{name}_rows{rows}"] = row
+        # one row's float32 K-splits (residual.split_product) against the same kernel given their sum
+        splits = rng.standard_normal((devices, residual.SPLITS, 2, width)).astype(np.float32)
+        splits[:, :, 1] = 0  # the zero row's products
+        summed = splits[:, 0, :1].copy()
+        for s in range(1, residual.SPLITS):  # in split order, as the kernel adds them
+            summed += splits[:, s, :1]
+        before = jnp.asarray(rng.standard_normal((1, width)), dtype)
+        weight = jnp.asarray(1 + rng.standard_normal(width) / 4, dtype)
+        split_rows = jax.device_put(splits.reshape(devices * residual.SPLITS, 2, width), split)
+        after, normed = split_norm(mesh, residual.SPLITS)(split_rows, before, weight)
+        after_sum, normed_sum = split_norm(mesh, 1)(jax.device_put(summed.reshape(devices, width).astype(dtype), split),
+                                                    before, weight)
+        row = {"residual_equal": bool(np.array_equal(np.asarray(after), np.asarray(after_sum))),
+               "norm_elements_differing": int(np.sum(np.asarray(normed) != np.asarray(normed_sum))),
+               "norm_max_ulps": ulps(normed, normed_sum, dtype)}
+        print(f"fused {name} {residual.SPLITS} float32 K-splits against their sum: {row}", flush=True)
+        results[f"fused_{name}_splits"] = row
+
+
+def split_norm(mesh, splits: int):
+    """A jitted program: (partial [tensor * splits, 2, width] float32 K-splits, or [tensor, width] when
+    splits is 1; residual [1, width]; weight [width]) -> the fused kernel's (residual, normed row)."""
+    def body(partial, before, weight):
+        after, normed = residual.sum_add_rms_norm(partial, before, weight, EPS, mesh, splits=splits)
+        return after, normed
+
+    replicated = PartitionSpec()
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(PartitionSpec("tensor"), replicated, replicated),
+                                 out_specs=(replicated, replicated), check_vma=False))
 
 
 def zero_row_norm(mesh):

@@ -22,10 +22,11 @@
 // part of the workspace (norm_lines, norm_epochs: row r always at the same place, so a location's
 // flags only ever come from row r's calls). `normed` may have rows of zeros after the rows, which the
 // kernel writes too: the zero row runtime/linear.py multiplies a one-row product with (XLA would
-// otherwise pad the custom call's output in a kernel of its own).
+// otherwise pad the custom call's output in a kernel of its own). The partial may also be a one-row
+// product's float32 K-splits (sharding/residual.py), which the kernel sums in place of XLA's reduction
+// kernel after a split-K GEMM; a row is then a cluster of kSplitParts blocks that share the sum of squares.
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 
 #include <cooperative_groups.h>
@@ -39,7 +40,8 @@
 namespace ffi = xla::ffi;
 
 constexpr int kMaxRanks = 8;
-constexpr int kMaxParts = 8;  // blocks a row of add_rms_norm_kernel (a portable cluster's most)
+constexpr int kMaxParts = 8;    // blocks a row of add_rms_norm_kernel, at most (a portable cluster's most)
+constexpr int kSplitParts = 4;  // blocks a row when the partial is K-splits
 constexpr int kMaxDevices = 64;
 constexpr int kThreads = 256;  // all_reduce_kernel's threads a block
 constexpr int kBlockBytes = kThreads * 16;  // 16 bytes of the message a thread
@@ -58,21 +60,6 @@ constexpr size_t kNormEpochsOffset = kNormLinesOffset + kNormLinesBytes;
 constexpr size_t kWorkspaceBytes = kNormEpochsOffset + kMaxRows * sizeof(uint32_t);
 
 static char* g_workspace[kMaxDevices] = {};  // by CUDA device ordinal
-
-// EXPERIMENT: clock64 at points of add_rms_norm_kernel (block 0, thread 0), as cycles after its first, per call.
-constexpr int kTracePoints = 8, kTraceCalls = 8192;
-__device__ long long g_trace[kTraceCalls][kTracePoints];
-__device__ unsigned int g_trace_calls;
-
-// The SM's cycle counter once `value` has arrived (the register dependence makes the read wait for it).
-__device__ __forceinline__ long long clock_after(uint32_t value) {
-#ifndef CHIMERA_NORM_TRACE
-  return 0;
-#endif
-  long long t;
-  asm volatile("{\n .reg .u32 unused;\n mov.u32 unused, %1;\n mov.u64 %0, %%clock64;\n}" : "=l"(t) : "r"(value) : "memory");
-  return t;
-}
 static char g_error[512];
 
 // The group's workspaces, by rank. The kernels take it as a __grid_constant__ parameter: indexed by a rank
@@ -158,35 +145,6 @@ __device__ __forceinline__ float block_sum(float value) {
   return total;
 }
 
-// EXPERIMENT: L2 residency hints. `evict_last` lines outlive the GEMMs' streamed weights in L2.
-__device__ __forceinline__ uint64_t evict_last_policy() {
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
-  return policy;
-}
-
-__device__ __forceinline__ uint4 load_kept(const char* address, uint64_t policy) {
-  uint4 v;
-  asm volatile("ld.global.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(address), "l"(policy));
-  return v;
-}
-
-__device__ __forceinline__ void store_kept(char* address, uint4 v, uint64_t policy) {
-  asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1, %2, %3, %4}, %5;" ::"l"(address), "r"(v.x), "r"(v.y),
-               "r"(v.z), "r"(v.w), "l"(policy)
-               : "memory");
-}
-
-__device__ __forceinline__ void store_kept(uint32_t* address, uint32_t v, uint64_t policy) {
-  asm volatile("st.global.L2::cache_hint.u32 [%0], %1, %2;" ::"l"(address), "r"(v), "l"(policy) : "memory");
-}
-
-__device__ __forceinline__ void prefetch_kept(const char* address) {
-  asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(address));
-}
-
 // The two lines that carry the 16 bytes at `place` of rank `source`'s message in `workspace`'s area at
 // `area`: [2 slots][kMaxRanks][message_bytes * 2] (lines carry as many flag bytes as data).
 __device__ __forceinline__ char* lines_at(char* workspace, size_t area, size_t message_bytes, uint32_t epoch,
@@ -240,6 +198,35 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) epochs[blockIdx.x] = epoch;
 }
 
+// The 16 bytes of T at byte `at` of a partial that is `splits` arrays of P, split_bytes apart (a product's
+// K-splits): their values summed in split order in float32, rounded to T.
+template <typename T, typename P>
+__device__ __forceinline__ uint4 sum_splits(const char* partial, int splits, size_t split_bytes, size_t at) {
+  constexpr int kLoads = sizeof(P) / sizeof(T);  // 16-byte loads of P for 16 bytes of T
+  constexpr int kRound = 4;                      // splits loaded at once: their loads in flight together
+  float sums[16 / sizeof(T)] = {};
+  for (int first = 0; first < splits; first += kRound) {
+    uint4 loaded[kRound][kLoads];
+#pragma unroll
+    for (int s = 0; s < kRound; ++s) {
+#pragma unroll
+      for (int load = 0; load < kLoads; ++load) {
+        if (first + s < splits) {
+          loaded[s][load] = *reinterpret_cast<const uint4*>(partial + (first + s) * split_bytes + at * kLoads + load * 16);
+        }
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < kRound; ++s) {
+#pragma unroll
+      for (int load = 0; load < kLoads; ++load) {
+        if (first + s < splits) add<P>(sums + load * (16 / int(sizeof(P))), loaded[s][load]);
+      }
+    }
+  }
+  return pack<T>(sums);
+}
+
 // Row blockIdx.x / parts of [rows, row_bytes / sizeof(T)]: residual + the group's sum of `partial`, and its RMS
 // norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm); and zeros in
 // normed's rows rows + row, 2 rows + row, ... below normed_rows. A row is `parts` blocks (a thread block
@@ -251,12 +238,8 @@ template <typename T, typename P>
 __global__ void __launch_bounds__(kNormThreads)
     add_rms_norm_kernel(const char* partial, int splits, size_t split_bytes, const char* residual, const char* weight,
                         char* new_residual, char* normed, int normed_rows, int row_bytes, float eps, int parts,
-                        int hints, const __grid_constant__ Peers peers, int rank, int n_ranks) {
-  long long trace[kTracePoints] = {};
-  const bool tracer = blockIdx.x == 0 && threadIdx.x == 0;
-  trace[0] = clock_after(0);
+                        const __grid_constant__ Peers peers, int rank, int n_ranks) {
   constexpr int kPerLine = 16 / sizeof(T);
-  constexpr int kLoads = sizeof(P) / sizeof(T);  // 16-byte loads of P for a line of T
   const int row = blockIdx.x / parts, part = blockIdx.x % parts, rows = gridDim.x / parts;
   const int row_lines = row_bytes / 16, part_lines = (row_lines + parts - 1) / parts;
   const int line = part * part_lines + threadIdx.x;
@@ -264,45 +247,16 @@ __global__ void __launch_bounds__(kNormThreads)
   const int offset = line * 16;                           // in the row
   const size_t at = size_t(row) * row_bytes + offset;     // in the arrays
   const size_t place = size_t(row) * kRowBytes + offset;  // in the workspace's messages
-  const uint64_t policy = evict_last_policy();
   // Every load is issued before the first wait: each one's latency would otherwise add to the call's.
   // The weight is a parameter, which no kernel writes: it is read before the kernel before has finished.
   uint4 weights = {}, own = {}, before = {};
-  if (has_line) weights = hints ? load_kept(weight + offset, policy) : *reinterpret_cast<const uint4*>(weight + offset);
+  if (has_line) weights = *reinterpret_cast<const uint4*>(weight + offset);
   follow_previous_kernel();
-  trace[1] = clock_after(0);
   uint32_t* epochs = reinterpret_cast<uint32_t*>(peers.workspace[rank] + kNormEpochsOffset);
   const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + row) + 1;
-  trace[2] = clock_after(epoch);
   if (has_line) {
-    if (kLoads == 1 && splits == 1) {
-      own = *reinterpret_cast<const uint4*>(partial + at);
-    } else {
-      constexpr int kRound = 4;  // splits loaded at once: their loads in flight together
-      float split_sums[kPerLine] = {};
-      for (int first = 0; first < splits; first += kRound) {
-        uint4 loaded[kRound][kLoads];
-#pragma unroll
-        for (int s = 0; s < kRound; ++s) {
-#pragma unroll
-          for (int load = 0; load < kLoads; ++load) {
-            if (first + s < splits) {
-              loaded[s][load] = *reinterpret_cast<const uint4*>(partial + (first + s) * split_bytes + at * kLoads +
-                                                                load * 16);
-            }
-          }
-        }
-#pragma unroll
-        for (int s = 0; s < kRound; ++s) {
-#pragma unroll
-          for (int load = 0; load < kLoads; ++load) {
-            if (first + s < splits) add<P>(split_sums + load * (16 / int(sizeof(P))), loaded[s][load]);
-          }
-        }
-      }
-      own = pack<T>(split_sums);
-    }
-    trace[3] = clock_after(own.x ^ own.w);
+    own = splits == 1 && sizeof(P) == sizeof(T) ? *reinterpret_cast<const uint4*>(partial + at)
+                                                : sum_splits<T, P>(partial, splits, split_bytes, at);
     before = *reinterpret_cast<const uint4*>(residual + at);
     send(peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, place, own);
   }
@@ -310,20 +264,14 @@ __global__ void __launch_bounds__(kNormThreads)
   float squares = 0.f;
   if (has_line) {
     float sums[kPerLine] = {};
-    trace[4] = clock_after(0);
     gather<T>(sums, peers, rank, n_ranks, kNormLinesOffset, kRowsBytes, epoch, place, own);
-    trace[5] = clock_after(__float_as_uint(sums[0]));
     float residual_values[kPerLine];
     unpack<T>(values, pack<T>(sums));  // the block's output, rounded to T
     unpack<T>(residual_values, before);
 #pragma unroll
     for (int i = 0; i < kPerLine; ++i) values[i] += residual_values[i];
     const uint4 added = pack<T>(values);
-    if (hints) {
-      store_kept(new_residual + at, added, policy);
-    } else {
-      *reinterpret_cast<uint4*>(new_residual + at) = added;
-    }
+    *reinterpret_cast<uint4*>(new_residual + at) = added;
     unpack<T>(values, added);
 #pragma unroll
     for (int i = 0; i < kPerLine; ++i) squares += values[i] * values[i];
@@ -344,7 +292,6 @@ __global__ void __launch_bounds__(kNormThreads)
     cg::this_cluster().barrier_arrive();  // none leaves while another may still read its part_total
   }
 #endif
-  trace[6] = clock_after(__float_as_uint(total));
   const float scale = rsqrtf(total / float(row_bytes / int(sizeof(T))) + eps);
   if (has_line) {
     float scaled[kPerLine], weight_values[kPerLine];
@@ -358,29 +305,12 @@ __global__ void __launch_bounds__(kNormThreads)
     for (int zero_row = row + rows; zero_row < normed_rows; zero_row += rows) {
       *reinterpret_cast<uint4*>(normed + size_t(zero_row) * row_bytes + offset) = make_uint4(0, 0, 0, 0);
     }
-    if (hints) {  // the lines the next call will wait on, into L2 to stay
-      for (int source = 0; source < n_ranks; ++source) {
-        if (source != rank) prefetch_kept(lines_at(peers.workspace[rank], kNormLinesOffset, kRowsBytes, epoch + 1,
-                                                   source, place));
-      }
-    }
   }
   if (threadIdx.x == 0 && part == 0) {  // every part has read the epoch (before the cluster's barrier)
-    if (hints) {
-      store_kept(epochs + row, epoch, policy);
-    } else {
-      epochs[row] = epoch;
-    }
+    epochs[row] = epoch;
   }
 #if __CUDA_ARCH__ >= 900
   if (parts > 1) cooperative_groups::this_cluster().barrier_wait();
-#endif
-  trace[7] = clock_after(0);
-#ifdef CHIMERA_NORM_TRACE
-  if (tracer) {
-    const unsigned int call = atomicAdd(&g_trace_calls, 1u) % kTraceCalls;
-    for (int point = 0; point < kTracePoints; ++point) g_trace[call][point] = trace[point] - trace[0];
-  }
 #endif
 }
 
@@ -438,19 +368,6 @@ const char* chimera_all_reduce_init(const int* ordinals, int n_devices) {
   }
   cudaSetDevice(previous);
   return nullptr;
-}
-
-// EXPERIMENT: copies device `ordinal`'s trace (the latest calls, at most kTraceCalls) to out [kTraceCalls][kTracePoints];
-// returns how many calls it has recorded in all, or -1.
-int chimera_norm_trace(int ordinal, long long* out) {
-  int previous = 0;
-  cudaGetDevice(&previous);
-  unsigned int calls = 0;
-  cudaError_t status = cudaSetDevice(ordinal);
-  if (status == cudaSuccess) status = cudaMemcpyFromSymbol(&calls, g_trace_calls, sizeof calls);
-  if (status == cudaSuccess) status = cudaMemcpyFromSymbol(out, g_trace, sizeof g_trace);
-  cudaSetDevice(previous);
-  return status == cudaSuccess ? static_cast<int>(calls) : -1;
 }
 
 int chimera_all_reduce_max_bytes() { return static_cast<int>(kSlotBytes); }
@@ -540,11 +457,6 @@ static ffi::Error all_reduce(cudaStream_t stream, int32_t device, ffi::AnyBuffer
   }
 }
 
-static int environment_int(const char* name, int fallback) {  // EXPERIMENT: variants chosen by the environment
-  const char* value = getenv(name);
-  return value ? atoi(value) : fallback;
-}
-
 // partial: [splits, >= rows, D] of the type or float32; residual, new_residual: [rows, D]; normed: [rows + zero
 // rows, D]; weight: [D]; all but partial of one type.
 static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuffer partial, ffi::AnyBuffer residual,
@@ -586,10 +498,9 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
   int major = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   const int row_lines = static_cast<int>(row_bytes / 16);
-  int parts = environment_int("CHIMERA_NORM_PARTS", 1);
-  if (parts < 1 || parts > 8) return ffi::Error::InvalidArgument("CHIMERA_NORM_PARTS must be in [1, 8]");
-  if (major < 9 || parts > row_lines) parts = 1;
-  const int hints = environment_int("CHIMERA_NORM_HINTS", 0);
+  // K-splits are read by kSplitParts blocks a row (one SM reading 64 KB of them took 0.6 µs more, BENCHMARKS.md
+  // session 16); one split by one block (the cluster's barrier cost more than it saved, session 17)
+  const int parts = splits > 1 && major >= 9 && row_lines >= kSplitParts ? kSplitParts : 1;
   const int part_lines = (row_lines + parts - 1) / parts, threads = (part_lines + 31) / 32 * 32;
   const int rows = static_cast<int>(n_bytes / row_bytes), blocks = rows * parts;
   const char* in = static_cast<const char*>(partial.untyped_data());
@@ -601,7 +512,7 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
   const int normed_rows = static_cast<int>(normed_bytes / row_bytes), n_splits = static_cast<int>(splits);
 #define CHIMERA_LAUNCH_NORM(T, P)                                                                                  \
   launch(stream, blocks, threads, parts, add_rms_norm_kernel<T, P>, in, n_splits, split_bytes, before, w, after, out, \
-         normed_rows, bytes, eps, parts, hints, peers, rank, n_ranks)
+         normed_rows, bytes, eps, parts, peers, rank, n_ranks)
   switch (type) {
     case ffi::DataType::BF16:
       return float_splits ? CHIMERA_LAUNCH_NORM(__nv_bfloat16, float) : CHIMERA_LAUNCH_NORM(__nv_bfloat16, __nv_bfloat16);

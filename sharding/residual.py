@@ -6,15 +6,17 @@ stream and RMS-normalises the result for the next block: after chimera's all-red
 2-3 more kernels of ~1.3 µs each, twice a layer (BENCHMARKS.md, session 11). Under chimera's
 all-reduce (all_reduce.py) `row_parallel_output` therefore hands the model the partial products
 unsummed, as an `Unreduced`, and `add_rms_norm` sums, adds and normalises them in one kernel
-(all_reduce.cu's add_rms_norm_kernel). Anywhere else a block's output is the array
+(all_reduce.cu's add_rms_norm_kernel). Of one row each device's partial is SPLITS float32 products
+over slices of K, which the kernel sums too: XLA's split-K GEMM would otherwise sum its splits in a
+kernel of its own before the custom call. Anywhere else a block's output is the array
 `row_parallel_linear` makes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -26,38 +28,43 @@ from chimera.runtime.norm import rms_norm
 from chimera.sharding import all_reduce
 
 
+SPLITS = 4  # K-splits of a one-row output product, summed by the kernel (BENCHMARKS.md, session 17)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Unreduced:
     """A block output [B, T, D] not yet summed over `tensor`: partials [tensor, B, T, D], split over
-    `tensor` of `mesh` (device i holds partials[i], its own partial product). `finished` sums it."""
+    `tensor` of `mesh` (device i holds partials[i], its own partial product). Of one row the partials
+    may be K-splits instead: [tensor, splits, 2, D] float32 (row 1 the zero row's), `out` the summed
+    output's shape and dtype. `finished` sums it."""
     partials: jax.Array
     mesh: Mesh = dataclasses.field(metadata={"static": True})
-    # EXPERIMENT: splits > 1: partials [tensor, splits, 2, D] float32, K-splits of one row (row 1: the zero row's)
     splits: int = dataclasses.field(default=1, metadata={"static": True})
-    dtype: object = dataclasses.field(default=None, metadata={"static": True})  # the output's, when split
-    shape: tuple = dataclasses.field(default=(), metadata={"static": True})  # the output's, when split
+    out: jax.ShapeDtypeStruct | None = dataclasses.field(default=None, metadata={"static": True})
+
+    @property
+    def dtype(self):
+        return np.dtype(self.out.dtype if self.splits > 1 else self.partials.dtype)
 
 
-def split_count(spec: str, x, w, n_ranks: int) -> int:
-    """EXPERIMENT: CHIMERA_SPLITS K-splits for a one-row output product whose contracted letters end x's and
-    start w's (1: XLA's product)."""
-    counts = [int(count) for count in os.environ.get("CHIMERA_SPLITS", "1").split(",")]  # "S" or "S at K <= 4096,S above"
+def split_count(spec: str, x, n_ranks: int) -> int:
+    """SPLITS for a one-row product `spec` (x [.., K...] . w [K..., D]: its contracted letters end x's and
+    start w's) whose K a device divides by SPLITS; else 1."""
     x_letters, w_letters = spec.split("->")[0].split(",")
-    out_letters = spec.split("->")[1]
-    contracted = "".join(letter for letter in x_letters if letter in w_letters and letter not in out_letters)
+    contracted = "".join(letter for letter in x_letters if letter in w_letters and letter not in spec.split("->")[1])
     n = len(contracted)
-    if (max(counts) <= 1 or not n or not x_letters.endswith(contracted) or not w_letters.startswith(contracted)
-            or out_letters != x_letters[:-n] + w_letters[n:] or math.prod(x.shape[:-n]) != 1):
+    if (not n or not x_letters.endswith(contracted) or not w_letters.startswith(contracted)
+            or math.prod(x.shape[:-n]) != 1):
         return 1
-    k = math.prod(x.shape[-n:]) // n_ranks
-    splits = counts[0] if k <= 4096 or len(counts) == 1 else counts[1]
-    return splits if splits > 1 and k % splits == 0 else 1
+    return SPLITS if (math.prod(x.shape[-n:]) // n_ranks) % SPLITS == 0 else 1
 
 
-def split_product(spec: str, x, w, splits: int):
-    """EXPERIMENT: the one-row product linear(spec, x, w) as `splits` float32 K-slices' products, [splits, 2, D]
-    (row 1 the zero row's, so XLA keeps a GEMM)."""
+def split_product(x, w, splits: int):
+    """One row x [1, .., K...] times w [K..., D] as `splits` products over K-slices in float32: [splits, 2, D],
+    row 1 the product of a zero row (XLA strength-reduces one-row products otherwise: runtime/linear.py).
+    XLA runs one GEMM of split-K and sums its splits in a kernel of its own before a custom call; these
+    the fused kernel sums."""
     k = x.size
     w_rows = w.reshape(k, -1)  # [K, D]
     x_slices = jnp.pad(x.reshape(splits, 1, k // splits), [(0, 0), (0, 1), (0, 0)])  # [S, 2, K/S]
@@ -74,18 +81,17 @@ def row_parallel_output(spec: str, x, w, split: str):
     if not all_reduce.applies(mesh, spec, x, w, split):
         return all_reduce.row_parallel_linear(spec, x, w, split)
 
-    splits = split_count(spec, x, w, mesh.shape["tensor"])
+    splits = split_count(spec, x, mesh.shape["tensor"])
 
     def local(x_slice, w_slice):
         if splits > 1:
-            return split_product(spec, x_slice, w_slice, splits)[None]  # [1, S, 2, D]
+            return split_product(x_slice, w_slice, splits)[None]  # [1, S, 2, D]
         return linear(spec, x_slice, w_slice)[None]  # [1, B, T, D]: this device's partial product
 
     partials = jax.shard_map(local, mesh=mesh, in_specs=all_reduce.split_specs(spec, split),
                              out_specs=PartitionSpec("tensor"), check_vma=False)(x, w)
     if splits > 1:
-        out = jax.eval_shape(lambda x, w: linear(spec, x, w), x, w)
-        return Unreduced(partials, mesh, splits, np.dtype(out.dtype), out.shape)
+        return Unreduced(partials, mesh, splits, jax.eval_shape(functools.partial(linear, spec), x, w))
     return Unreduced(partials, mesh)
 
 
@@ -94,10 +100,11 @@ def finished(y):
     if not isinstance(y, Unreduced):
         return y
 
-    def local(partial):  # [1, B, T, D]
-        if y.splits > 1:  # [1, S, 2, D]
-            return all_reduce.sum_over_tensor(partial[0].sum(axis=0)[0].reshape(y.shape).astype(y.dtype), y.mesh)
-        return all_reduce.sum_over_tensor(partial[0], y.mesh)
+    def local(partial):  # [1, B, T, D], or [1, S, 2, D] K-splits
+        total = partial[0]
+        if y.splits > 1:
+            total = total[:, 0].sum(axis=0).reshape(y.out.shape).astype(y.out.dtype)
+        return all_reduce.sum_over_tensor(total, y.mesh)
 
     return jax.shard_map(local, mesh=y.mesh, in_specs=PartitionSpec("tensor"), out_specs=PartitionSpec(),
                          check_vma=False)(y.partials)
@@ -108,7 +115,7 @@ def fuses(residual, y: Unreduced, weight) -> bool:
     to all_reduce.MAX_ROW_BYTES, at most all_reduce.MAX_ROWS rows."""
     dtype = np.dtype(residual.dtype)
     row_bytes = residual.shape[-1] * dtype.itemsize
-    return (np.dtype(y.dtype if y.splits > 1 else y.partials.dtype) == dtype == np.dtype(weight.dtype)
+    return (y.dtype == dtype == np.dtype(weight.dtype)
             and all_reduce.size_takes(residual.shape[-1:], dtype) and row_bytes <= all_reduce.MAX_ROW_BYTES
             and residual.size // residual.shape[-1] <= all_reduce.MAX_ROWS)
 
@@ -137,9 +144,10 @@ def add_rms_norm(residual, y, weight, eps: float):
 
 
 def sum_add_rms_norm(partial, residual, weight, eps: float, mesh: Mesh, zero_rows: int = 0, splits: int = 1):
-    """Inside a shard_map over `mesh`: residual [B, T, D] + the sum of `partial` over `tensor`, and its
-    RMS norm by `weight`, by the kernel: (new residual [B, T, D], normed [B + zero_rows, T, D]), the
-    normed rows followed by `zero_rows` rows of zeros."""
+    """Inside a shard_map over `mesh`: residual [B, T, D] + the sum of `partial` ([B, T, D], or of one row
+    [splits, 2, D] float32 K-splits) over `tensor`, and its RMS norm by `weight`, by the kernel: (new
+    residual [B, T, D], normed [B + zero_rows, T, D]), the normed rows followed by `zero_rows` rows of
+    zeros."""
     shape = jax.ShapeDtypeStruct(residual.shape, residual.dtype)
     normed = jax.ShapeDtypeStruct((residual.shape[0] + zero_rows,) + residual.shape[1:], residual.dtype)
     return jax.ffi.ffi_call(all_reduce.ADD_RMS_NORM_TARGET, (shape, normed))(

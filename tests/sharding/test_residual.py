@@ -46,7 +46,8 @@ def test_one_row_decoding_equals_one_device(psum_for_kernel):
 
     want = tokens()
     assert tokens(tensor_mesh(2)) == want
-    assert (1, 1, model.config.d_model) in psum_for_kernel.fused  # the decode steps' one-row sums
+    # the decode steps' one-row sums, each device's partial as float32 K-splits
+    assert (residual.SPLITS, 2, model.config.d_model) in psum_for_kernel.fused
 
 
 def test_a_one_row_norm_hands_the_next_product_its_zero_row(psum_for_kernel):
@@ -86,12 +87,45 @@ def test_an_output_is_unreduced_only_under_the_kernel(psum_for_kernel):
         with all_reduce.summing_on(mesh):
             return residual.row_parallel_output(SPEC, x, w, split="f")
 
+    rows = jnp.asarray(rng.standard_normal((3, 1, 64)), jnp.float32)
     with jax.set_mesh(mesh):
         y = jax.jit(output)(x, w)  # an Unreduced is a pytree: it leaves jit
-        assert isinstance(y, residual.Unreduced) and y.partials.shape == (2, 1, 1, 32)
+        # one row: each device's K-splits over its 32 of K, above the zero row's
+        assert isinstance(y, residual.Unreduced) and y.partials.shape == (2, residual.SPLITS, 2, 32)
         total = residual.finished(y)
+        y_rows = jax.jit(output)(rows, w)
+        assert y_rows.splits == 1 and y_rows.partials.shape == (2, 3, 1, 32)
+        total_rows = residual.finished(y_rows)
     np.testing.assert_allclose(np.asarray(total), np.asarray(x @ w), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(total_rows), np.asarray(rows @ w), rtol=1e-5, atol=1e-5)
     assert residual.finished(total) is total
+
+
+@pytest.mark.parametrize("spec,x_shape,w_shape", [("btf,fd->btd", (1, 1, 48), (48, 16)),
+                                                  ("bthk,hkd->btd", (1, 1, 4, 6), (4, 6, 16))])
+def test_split_product_is_the_one_row_product_by_slices_of_k(spec, x_shape, w_shape):
+    """The down form and the attention output's (two contracted letters): [splits, 2, D] float32, the
+    splits adding up to the product, row 1 the zero row's."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal(x_shape), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal(w_shape), jnp.bfloat16)
+    assert residual.split_count(spec, x, n_ranks=1) == residual.SPLITS
+    splits = residual.split_product(x, w, residual.SPLITS)
+    assert splits.shape == (residual.SPLITS, 2, 16) and splits.dtype == jnp.float32
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    want = np.einsum(spec, f64(x), f64(w)).reshape(16)
+    np.testing.assert_allclose(f64(splits[:, 0]).sum(axis=0), want, rtol=1e-5, atol=1e-5)
+    k_slices = f64(x).reshape(residual.SPLITS, -1), f64(w).reshape(residual.SPLITS, -1, 16)
+    np.testing.assert_allclose(f64(splits[:, 0]), np.einsum("sk,skd->sd", *k_slices), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(splits[:, 1]), 0)
+
+
+def test_split_count_takes_one_row_products_of_a_divisible_k_only():
+    row, rows = jnp.zeros((1, 1, 64)), jnp.zeros((2, 1, 64))
+    assert residual.split_count("btf,fd->btd", row, n_ranks=2) == residual.SPLITS
+    assert residual.split_count("btf,fd->btd", rows, n_ranks=2) == 1  # more than one row: XLA's product
+    assert residual.split_count("btf,fd->btd", jnp.zeros((1, 1, 36)), n_ranks=2) == 1  # 18 a device
+    assert residual.split_count("btf,df->btd", row, n_ranks=2) == 1  # K does not start w
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
