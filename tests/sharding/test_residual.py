@@ -35,9 +35,11 @@ def test_decoding_equals_one_device(preset, fused, psum_for_kernel):
     assert bool(psum_for_kernel.fused) == fused
 
 
-def test_one_row_decoding_equals_one_device(psum_for_kernel):
-    """One prompt: every step a single row, whose zero row the fused norm writes for the next products."""
-    model = chimera.build(chimera.load_config("llama-tiny"))
+@pytest.mark.parametrize("preset", ["llama-tiny", "deepseek-moe-tiny"])
+def test_one_row_decoding_equals_one_device(preset, psum_for_kernel):
+    """One prompt: every step a single row, whose zero row the fused norm writes for the next products and
+    whose output projections are K-splits (deepseek-moe: the shared expert's, summed for the MoE to add)."""
+    model = chimera.build(chimera.load_config(preset))
     params = random_params(model)
 
     def tokens(mesh=None):
