@@ -231,9 +231,8 @@ __device__ __forceinline__ uint4 sum_splits(const char* partial, int splits, siz
 // norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm); and zeros in
 // normed's rows rows + row, 2 rows + row, ... below normed_rows. A row is `parts` blocks (a thread block
 // cluster on Hopper: the row's sum of squares is gathered through their shared memory), a thread a 16-byte
-// line of the row. This rank's partial is `splits` arrays of P, split_bytes apart (a product's K-splits,
-// float32), summed in order and rounded to T; with one split of T, the array itself. Its latency is the
-// call's cost: it runs once between two GEMMs.
+// line of the row. This rank's partial is `splits` arrays of P (`sum_splits`), or with one split of T the
+// array itself. Its latency is the call's cost: it runs once between two GEMMs.
 template <typename T, typename P>
 __global__ void __launch_bounds__(kNormThreads)
     add_rms_norm_kernel(const char* partial, int splits, size_t split_bytes, const char* residual, const char* weight,

@@ -40,12 +40,16 @@ class Unreduced:
     output's shape and dtype. `finished` sums it."""
     partials: jax.Array
     mesh: Mesh = dataclasses.field(metadata={"static": True})
-    splits: int = dataclasses.field(default=1, metadata={"static": True})
     out: jax.ShapeDtypeStruct | None = dataclasses.field(default=None, metadata={"static": True})
 
     @property
+    def splits(self) -> int:
+        """K-splits a device's partial is made of (1: the partial product itself)."""
+        return 1 if self.out is None else self.partials.shape[1]
+
+    @property
     def dtype(self):
-        return np.dtype(self.out.dtype if self.splits > 1 else self.partials.dtype)
+        return np.dtype(self.partials.dtype if self.out is None else self.out.dtype)
 
 
 def split_count(spec: str, x, n_ranks: int) -> int:
@@ -72,6 +76,11 @@ def split_product(x, w, splits: int):
     return jnp.einsum("smk,skd->smd", x_slices, w_slices, preferred_element_type=jnp.float32)  # [S, 2, D]
 
 
+def sum_of_splits(splits, out: jax.ShapeDtypeStruct):
+    """`split_product`'s [S, 2, D] -> the one-row product it splits, of out's shape and dtype."""
+    return splits[:, 0].sum(axis=0).reshape(out.shape).astype(out.dtype)
+
+
 def row_parallel_output(spec: str, x, w, split: str):
     """A block's output `linear(spec, x, w)`, `split` (a letter of `spec`, contracted) split over
     `tensor`: an `Unreduced` where chimera's all-reduce would sum it (`all_reduce.applies`), for the
@@ -91,7 +100,7 @@ def row_parallel_output(spec: str, x, w, split: str):
     partials = jax.shard_map(local, mesh=mesh, in_specs=all_reduce.split_specs(spec, split),
                              out_specs=PartitionSpec("tensor"), check_vma=False)(x, w)
     if splits > 1:
-        return Unreduced(partials, mesh, splits, jax.eval_shape(functools.partial(linear, spec), x, w))
+        return Unreduced(partials, mesh, jax.eval_shape(functools.partial(linear, spec), x, w))
     return Unreduced(partials, mesh)
 
 
@@ -101,9 +110,7 @@ def finished(y):
         return y
 
     def local(partial):  # [1, B, T, D], or [1, S, 2, D] K-splits
-        total = partial[0]
-        if y.splits > 1:
-            total = total[:, 0].sum(axis=0).reshape(y.out.shape).astype(y.out.dtype)
+        total = partial[0] if y.out is None else sum_of_splits(partial[0], y.out)
         return all_reduce.sum_over_tensor(total, y.mesh)
 
     return jax.shard_map(local, mesh=y.mesh, in_specs=PartitionSpec("tensor"), out_specs=PartitionSpec(),

@@ -29,8 +29,8 @@ def psum_for_kernel(monkeypatch):
 
     def psum_add_rms_norm(partial, before, weight, eps, mesh, zero_rows=0, splits=1):
         summed.fused.append(partial.shape)
-        if splits > 1:  # [S, 2, D] float32 K-splits of one row, summed as the kernel does
-            partial = partial[:, 0].sum(axis=0).reshape(before.shape).astype(before.dtype)
+        if splits > 1:  # [S, 2, D] float32 K-splits of one row
+            partial = residual.sum_of_splits(partial, jax.ShapeDtypeStruct(before.shape, before.dtype))
         after = before + jax.lax.psum(partial, "tensor")
         normed = rms_norm(after, weight, eps)
         return after, jnp.pad(normed, [(0, zero_rows)] + [(0, 0)] * (normed.ndim - 1))
