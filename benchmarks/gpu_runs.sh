@@ -971,6 +971,34 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-mbar-p)  # 2 GPUs (session 18; the code is session 18's commit "Experiment: the cluster's sums of squares pushed
+             # through a transaction barrier"): variants by CHIMERA_NVCC_DEFINES: MP = the cluster's sums pushed with
+             # st.async into each block's transaction barrier (no cluster barrier, whose release fence waited for the
+             # block's stores) and both lines of a peer polled at once; MPN = MP launched without the programmatic-
+             # dependent attribute. Bits (MPN), llama-3-8b (8 layers) tensor=2 == one GPU (MPN; one prompt: the
+             # cluster; two prompts), then the bench alternated: as landed, MP, MPN, one GPU
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    MP="-DCHIMERA_MBAR -DCHIMERA_POLL2"; MPN="$MP -DCHIMERA_NOPDL"; opts=$(chimera_xla_flags)
+    for defines in "" "$MP" "$MPN"; do  # built before any timing
+      CHIMERA_NVCC_DEFINES="$defines" python3 -c "from chimera.sharding import all_reduce; print(all_reduce.build())"
+    done
+    echo "== bits MPN"; CHIMERA_NVCC_DEFINES="$MPN" timeout 80 python3 benchmarks/all_reduce.py --rows 1,16 --repeats 5 \
+      --chain 16 --json $R/all_reduce-mpn.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | grep -E "fused|bit for bit" | cut -c1-200; save
+    llama_8layers
+    for prompts in 17 5,40; do
+      CHIMERA_NVCC_DEFINES="$MPN" XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 100 python3 \
+        benchmarks/sharded_equality.py --dtype float32 --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --prompts $prompts \
+        --new-tokens 16 --json $R/equality-mpn-$prompts.json > $R/equality-mpn-$prompts.log 2>&1
+      echo "== equality MPN prompts $prompts exit $?"; grep -E '"identical"|rror' $R/equality-mpn-$prompts.log | tail -n 3 | cut -c1-300; save
+    done
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
+    for variant in landed MP MPN 1gpu MPN MP landed MPN 1gpu MP; do
+      mesh="--mesh tensor=2"; [ $variant = 1gpu ] && mesh=""
+      defines=""; [ $variant = MP ] && defines="$MP"; [ $variant = MPN ] && defines="$MPN"
+      echo "== $variant"; CHIMERA_NVCC_DEFINES="$defines" timeout 60 python3 -m chimera.runtime.cli $words $mesh \
+        --json $R/$variant-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    ;;
   x2-landed-o)  # 2 GPUs (session 17): one row's o and down products as 4 float32 K-splits summed by the fused kernel (a
                # cluster of 4 blocks a row), as landed: bits (all_reduce.py: the splits against their sum), llama-3-8b (8
                # layers) tensor=2 == one GPU (one prompt: the splits; two prompts), then the bench, tensor=2 and one GPU

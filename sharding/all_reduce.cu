@@ -87,6 +87,23 @@ __device__ __forceinline__ uint2 wait_line(const char* address, uint32_t flag) {
   return make_uint2(first, second);
 }
 
+// EXPERIMENT (CHIMERA_POLL2): the 16 data bytes of the two lines at `address` once all four flags read `flag`,
+// both lines loaded in each round (waiting for one and then the other costs a second round trip to L2).
+__device__ __forceinline__ uint4 wait_lines(const char* address, uint32_t flag) {
+  uint32_t a, a_flag, b, b_flag, c, c_flag, d, d_flag;
+  do {
+    asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(a), "=r"(a_flag), "=r"(b), "=r"(b_flag)
+                 : "l"(address)
+                 : "memory");
+    asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(c), "=r"(c_flag), "=r"(d), "=r"(d_flag)
+                 : "l"(address + 16)
+                 : "memory");
+  } while (a_flag != flag || b_flag != flag || c_flag != flag || d_flag != flag);
+  return make_uint4(a, b, c, d);
+}
+
 __device__ __forceinline__ float to_float(__nv_bfloat16 value) { return __bfloat162float(value); }
 __device__ __forceinline__ float to_float(__half value) { return __half2float(value); }
 __device__ __forceinline__ float to_float(float value) { return value; }
@@ -127,7 +144,7 @@ __device__ __forceinline__ void unpack(float* values, uint4 packed) {
 // Launched as a programmatic dependent (see launch below): wait for the kernel before to finish, then
 // let the one after start its launch while this one runs.
 __device__ __forceinline__ void follow_previous_kernel() {
-#if __CUDA_ARCH__ >= 900
+#if __CUDA_ARCH__ >= 900 && !defined(CHIMERA_NOPDL)
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;");
 #endif
@@ -173,8 +190,12 @@ __device__ __forceinline__ void gather(float* sums, const Peers& peers, int rank
     uint4 packed = own;
     if (source != rank) {
       const char* from = lines_at(peers.workspace[rank], area, message_bytes, epoch, source, place);
+#ifdef CHIMERA_POLL2
+      packed = wait_lines(from, epoch);
+#else
       const uint2 low = wait_line(from, epoch), high = wait_line(from + 16, epoch);
       packed = make_uint4(low.x, low.y, high.x, high.y);
+#endif
     }
     add<T>(sums, packed);
   }
@@ -227,6 +248,56 @@ __device__ __forceinline__ uint4 sum_splits(const char* partial, int splits, siz
   return pack<T>(sums);
 }
 
+#if __CUDA_ARCH__ >= 900
+// EXPERIMENT (CHIMERA_MBAR): a row's blocks (one cluster) add their sums of squares without a cluster barrier
+// after them (its release is a GPU-wide fence: it waits for every store the block has made, the peers' lines
+// included). Block p pushes its sum into slot p of every block's `totals` (st.async), which each block's
+// transaction barrier counts; each block waits for its barrier and adds the slots in part order.
+struct PartTotals {
+  uint64_t arrived;  // mbarrier: one arrival (thread 0's) and parts * 4 bytes
+  float totals[kMaxParts];
+};
+
+__device__ __forceinline__ uint32_t shared_address(const void* pointer) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
+}
+
+// At the kernel's start: the barrier initialised before any block of the cluster may push to it.
+__device__ __forceinline__ void open_part_totals(PartTotals& shared) {
+  if (threadIdx.x == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(&shared.arrived)) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+
+// The sum of the parts' `total`s in part order, the same bits in every block of the cluster.
+__device__ __forceinline__ float add_part_totals(PartTotals& shared, float total, int part, int parts) {
+  asm volatile("barrier.cluster.wait.aligned;" ::: "memory");  // every block's barrier is initialised
+  const uint32_t arrived = shared_address(&shared.arrived);
+  if (threadIdx.x == 0) {
+    asm volatile("{ .reg .b64 state; mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 state, [%0], %1; }"
+                 ::"r"(arrived), "r"(parts * 4) : "memory");
+  }
+  if (int(threadIdx.x) < parts) {  // thread i pushes this block's total to block i
+    uint32_t slot, barrier;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(slot) : "r"(shared_address(&shared.totals[part])), "r"(threadIdx.x));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(barrier) : "r"(arrived), "r"(threadIdx.x));
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];"
+                 ::"r"(slot), "r"(__float_as_uint(total)), "r"(barrier) : "memory");
+  }
+  uint32_t done = 0;
+  do {
+    asm volatile("{ .reg .pred complete; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 complete, [%1], 0;"
+                 " selp.u32 %0, 1, 0, complete; }"
+                 : "=r"(done) : "r"(arrived) : "memory");
+  } while (!done);
+  float sum = 0.f;
+  for (int other = 0; other < parts; ++other) sum += reinterpret_cast<volatile float*>(shared.totals)[other];
+  return sum;
+}
+#endif
+
 // Row blockIdx.x / parts of [rows, row_bytes / sizeof(T)]: residual + the group's sum of `partial`, and its RMS
 // norm times `weight`, each step rounded to T as XLA rounds it (runtime/norm.py's rms_norm); and zeros in
 // normed's rows rows + row, 2 rows + row, ... below normed_rows. A row is `parts` blocks (a thread block
@@ -250,6 +321,10 @@ __global__ void __launch_bounds__(kNormThreads)
   // The weight is a parameter, which no kernel writes: it is read before the kernel before has finished.
   uint4 weights = {}, own = {}, before = {};
   if (has_line) weights = *reinterpret_cast<const uint4*>(weight + offset);
+#if __CUDA_ARCH__ >= 900 && defined(CHIMERA_MBAR)
+  __shared__ PartTotals part_totals;
+  if (parts > 1) open_part_totals(part_totals);
+#endif
   follow_previous_kernel();
   uint32_t* epochs = reinterpret_cast<uint32_t*>(peers.workspace[rank] + kNormEpochsOffset);
   const uint32_t epoch = *reinterpret_cast<volatile uint32_t*>(epochs + row) + 1;
@@ -276,7 +351,9 @@ __global__ void __launch_bounds__(kNormThreads)
     for (int i = 0; i < kPerLine; ++i) squares += values[i] * values[i];
   }
   float total = block_sum(squares);
-#if __CUDA_ARCH__ >= 900
+#if __CUDA_ARCH__ >= 900 && defined(CHIMERA_MBAR)
+  if (parts > 1) total = add_part_totals(part_totals, total, part, parts);
+#elif __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   if (parts > 1) {  // the row's blocks are one cluster: add their sums in part order (the same bits in each)
     __shared__ float part_total;
@@ -308,7 +385,7 @@ __global__ void __launch_bounds__(kNormThreads)
   if (threadIdx.x == 0 && part == 0) {  // every part has read the epoch (before the cluster's barrier)
     epochs[row] = epoch;
   }
-#if __CUDA_ARCH__ >= 900
+#if __CUDA_ARCH__ >= 900 && !defined(CHIMERA_MBAR)
   if (parts > 1) cooperative_groups::this_cluster().barrier_wait();
 #endif
 }
@@ -410,18 +487,25 @@ template <typename... Params, typename... Args>
 static ffi::Error launch(cudaStream_t stream, int blocks, int threads, int cluster, void (*kernel)(Params...),
                          Args... args) {
   cudaLaunchAttribute attributes[2] = {};
+#ifdef CHIMERA_NOPDL
+  cudaLaunchAttribute* cluster_attribute = &attributes[0];
+  const int n_attributes = cluster > 1 ? 1 : 0;
+#else
   attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attributes[0].val.programmaticStreamSerializationAllowed = 1;
-  attributes[1].id = cudaLaunchAttributeClusterDimension;
-  attributes[1].val.clusterDim.x = cluster;
-  attributes[1].val.clusterDim.y = 1;
-  attributes[1].val.clusterDim.z = 1;
+  cudaLaunchAttribute* cluster_attribute = &attributes[1];
+  const int n_attributes = cluster > 1 ? 2 : 1;
+#endif
+  cluster_attribute->id = cudaLaunchAttributeClusterDimension;
+  cluster_attribute->val.clusterDim.x = cluster;
+  cluster_attribute->val.clusterDim.y = 1;
+  cluster_attribute->val.clusterDim.z = 1;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(blocks);
   config.blockDim = dim3(threads);
   config.stream = stream;
   config.attrs = attributes;
-  config.numAttrs = cluster > 1 ? 2 : 1;
+  config.numAttrs = n_attributes;
   cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(status));
