@@ -971,6 +971,22 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-timeline-p)  # 2 GPUs (session 18, the code of x2-mbar-p): llama-3-8b cut to 8 layers profiled, tensor=2 (as landed and
+                 # MP) and one GPU: every kernel's mean time, and one layer's kernels in launch order (kernel_timeline.py)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    MP="-DCHIMERA_MBAR -DCHIMERA_POLL2"; llama_8layers
+    for variant in MP landed 1gpu; do
+      mesh="--mesh tensor=2"; [ $variant = 1gpu ] && mesh=""; defines=""; [ $variant = MP ] && defines="$MP"
+      around=add_rms_norm; [ $variant = 1gpu ] && around=decode_attention
+      CHIMERA_NVCC_DEFINES="$defines" XLA_FLAGS="$(chimera_xla_flags) --xla_enable_command_buffers_during_profiling=true" \
+        timeout 120 python3 benchmarks/profile_decode.py --config $R/llama-3-8b-8layers.yaml $mesh --batch 1 --gen 16 --top 40 \
+        --out $R/profile-$variant > $R/profile-$variant.log 2>&1
+      echo "== profile $variant exit $?"; sed -n 3,30p $R/profile-$variant/summary.txt | cut -c1-150
+      (cd benchmarks && python3 kernel_timeline.py $R/profile-$variant/trace --around $around --count 36) \
+        > $R/timeline-$variant.txt 2>&1; cat $R/timeline-$variant.txt | cut -c1-120
+      rm -rf $R/profile-$variant/trace; save
+    done
+    ;;
   x2-mbar-p)  # 2 GPUs (session 18; the code is session 18's commit "Experiment: the cluster's sums of squares pushed
              # through a transaction barrier"): variants by CHIMERA_NVCC_DEFINES: MP = the cluster's sums pushed with
              # st.async into each block's transaction barrier (no cluster barrier, whose release fence waited for the
