@@ -971,6 +971,19 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-percall-p)  # 2 GPUs (session 18, MP of x2-mbar-p): what a decode call costs beside its steps, one GPU and tensor=2
+                # (per_call.py, fresh and pinned), with XLA's command-buffer log (recordings a call, their µs)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    export CHIMERA_NVCC_DEFINES="-DCHIMERA_MBAR -DCHIMERA_POLL2"
+    TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=command_buffer_thunk=3 XLA_FLAGS="$(chimera_xla_flags)" timeout 300 \
+      python3 benchmarks/per_call.py --config llama-3-8b --mesh tensor=2 --gens 16,128 --repeats 4 --modes fresh,pinned \
+      --json $R/per-call.json > $R/per-call.out 2> $R/per-call.log
+    echo "exit $?"; grep "^{" $R/per-call.out | cut -c1-400
+    awk '/^=== /{key=$2" "$3" "$4} /(Initialized|Updated) command buffer.* in [0-9]+/{for(i=1;i<=NF;i++) if($i=="in") t=$(i+1);
+      match($0, /num_commands=[0-9]+/); k=key" "substr($0, RSTART, RLENGTH); n[k]++; us[k]+=t}
+      END{for(k in n) printf "%s: %d recordings, %.0f us\n", k, n[k], us[k]}' $R/per-call.log | sort
+    grep -v "^[IW]0000" $R/per-call.log | tail -5; gzip $R/per-call.log; save
+    ;;
   x2-timeline-p)  # 2 GPUs (session 18, the code of x2-mbar-p): llama-3-8b cut to 8 layers profiled, tensor=2 (as landed and
                  # MP) and one GPU: every kernel's mean time, and one layer's kernels in launch order (kernel_timeline.py)
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
