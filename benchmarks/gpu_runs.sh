@@ -971,6 +971,28 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-landed-p)  # 2 GPUs (session 18): the cluster's sums of squares through a transaction barrier and a peer's two lines
+               # polled at once, as landed: bits (all_reduce.py), llama-3-8b (8 layers) tensor=2 == one GPU (one prompt: the
+               # cluster; two prompts), the bench alternated, tensor=2 and one GPU, and per_call.py (call and step apart)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    echo "== bits"; timeout 80 python3 benchmarks/all_reduce.py --rows 1,16 --repeats 5 --chain 16 --json $R/all_reduce.json \
+      2>&1 | grep -vE "^[IW]0000|^WARNING" | grep -E "fused|bit for bit" | cut -c1-200; save
+    llama_8layers; opts=$(chimera_xla_flags)
+    for prompts in 17 5,40; do
+      XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 100 python3 benchmarks/sharded_equality.py --dtype float32 \
+        --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --prompts $prompts --new-tokens 16 \
+        --json $R/equality-$prompts.json > $R/equality-$prompts.log 2>&1
+      echo "== equality prompts $prompts exit $?"; grep -E '"identical"|rror' $R/equality-$prompts.log | tail -n 3 | cut -c1-300; save
+    done
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
+    for run in tensor=2 1gpu tensor=2 1gpu tensor=2 1gpu; do
+      mesh=""; [ $run != 1gpu ] && mesh="--mesh $run"
+      echo "== $run"; timeout 60 python3 -m chimera.runtime.cli $words $mesh --json $R/$run-$RANDOM.json 2>&1 \
+        | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
+    done
+    echo "== per call"; XLA_FLAGS="$opts" timeout 150 python3 benchmarks/per_call.py --config llama-3-8b --mesh tensor=2 \
+      --gens 16,128 --repeats 4 --modes fresh --json $R/per-call.json 2>&1 | grep "^{" | cut -c1-400; save
+    ;;
   x2-percall-p)  # 2 GPUs (session 18, MP of x2-mbar-p): what a decode call costs beside its steps, one GPU and tensor=2
                 # (per_call.py, fresh and pinned), with XLA's command-buffer log (recordings a call, their µs)
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }

@@ -29,8 +29,6 @@
 #include <cstdio>
 #include <string>
 
-#include <cooperative_groups.h>
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -75,20 +73,8 @@ __device__ __forceinline__ void store_line(char* address, uint32_t first, uint32
                : "memory");
 }
 
-// The 8 data bytes of the line at `address` once both its flags read `flag`.
-__device__ __forceinline__ uint2 wait_line(const char* address, uint32_t flag) {
-  uint32_t first, first_flag, second, second_flag;
-  do {
-    asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(first), "=r"(first_flag), "=r"(second), "=r"(second_flag)
-                 : "l"(address)
-                 : "memory");
-  } while (first_flag != flag || second_flag != flag);
-  return make_uint2(first, second);
-}
-
-// EXPERIMENT (CHIMERA_POLL2): the 16 data bytes of the two lines at `address` once all four flags read `flag`,
-// both lines loaded in each round (waiting for one and then the other costs a second round trip to L2).
+// The 16 data bytes of the two lines at `address` once all four flags read `flag`. Both lines are loaded in
+// each round: waiting for one and then the other would cost a second round trip to L2 (BENCHMARKS.md, session 18).
 __device__ __forceinline__ uint4 wait_lines(const char* address, uint32_t flag) {
   uint32_t a, a_flag, b, b_flag, c, c_flag, d, d_flag;
   do {
@@ -144,7 +130,7 @@ __device__ __forceinline__ void unpack(float* values, uint4 packed) {
 // Launched as a programmatic dependent (see launch below): wait for the kernel before to finish, then
 // let the one after start its launch while this one runs.
 __device__ __forceinline__ void follow_previous_kernel() {
-#if __CUDA_ARCH__ >= 900 && !defined(CHIMERA_NOPDL)
+#if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;");
 #endif
@@ -190,12 +176,7 @@ __device__ __forceinline__ void gather(float* sums, const Peers& peers, int rank
     uint4 packed = own;
     if (source != rank) {
       const char* from = lines_at(peers.workspace[rank], area, message_bytes, epoch, source, place);
-#ifdef CHIMERA_POLL2
       packed = wait_lines(from, epoch);
-#else
-      const uint2 low = wait_line(from, epoch), high = wait_line(from + 16, epoch);
-      packed = make_uint4(low.x, low.y, high.x, high.y);
-#endif
     }
     add<T>(sums, packed);
   }
@@ -249,10 +230,12 @@ __device__ __forceinline__ uint4 sum_splits(const char* partial, int splits, siz
 }
 
 #if __CUDA_ARCH__ >= 900
-// EXPERIMENT (CHIMERA_MBAR): a row's blocks (one cluster) add their sums of squares without a cluster barrier
-// after them (its release is a GPU-wide fence: it waits for every store the block has made, the peers' lines
-// included). Block p pushes its sum into slot p of every block's `totals` (st.async), which each block's
-// transaction barrier counts; each block waits for its barrier and adds the slots in part order.
+// A row's blocks (one cluster) add their sums of squares. Block p pushes its sum into slot p of every block's
+// `totals` (st.async into distributed shared memory), which each block's transaction barrier counts; each then
+// waits on its own barrier and adds the slots in part order (the same bits in every block). A cluster barrier in
+// its place took ~0.8 µs more a call (BENCHMARKS.md, session 18): its release is a GPU-wide fence, which waits
+// for every store the block has made before, the new residual's and the lines sent to the peers included.
+// No block leaves while another may still push to it: each waits for every part's push before it goes on.
 struct PartTotals {
   uint64_t arrived;  // mbarrier: one arrival (thread 0's) and parts * 4 bytes
   float totals[kMaxParts];
@@ -321,7 +304,7 @@ __global__ void __launch_bounds__(kNormThreads)
   // The weight is a parameter, which no kernel writes: it is read before the kernel before has finished.
   uint4 weights = {}, own = {}, before = {};
   if (has_line) weights = *reinterpret_cast<const uint4*>(weight + offset);
-#if __CUDA_ARCH__ >= 900 && defined(CHIMERA_MBAR)
+#if __CUDA_ARCH__ >= 900
   __shared__ PartTotals part_totals;
   if (parts > 1) open_part_totals(part_totals);
 #endif
@@ -351,22 +334,8 @@ __global__ void __launch_bounds__(kNormThreads)
     for (int i = 0; i < kPerLine; ++i) squares += values[i] * values[i];
   }
   float total = block_sum(squares);
-#if __CUDA_ARCH__ >= 900 && defined(CHIMERA_MBAR)
+#if __CUDA_ARCH__ >= 900
   if (parts > 1) total = add_part_totals(part_totals, total, part, parts);
-#elif __CUDA_ARCH__ >= 900
-  namespace cg = cooperative_groups;
-  if (parts > 1) {  // the row's blocks are one cluster: add their sums in part order (the same bits in each)
-    __shared__ float part_total;
-    if (threadIdx.x == 0) part_total = total;
-    cg::this_cluster().sync();
-    // lane i reads part i's sum (the loads in flight at once), and every lane adds them in part order
-    const int lane = threadIdx.x % 32;
-    const float lane_total = lane < parts ? *cg::this_cluster().map_shared_rank(&part_total, lane) : 0.f;
-    total = 0.f;
-#pragma unroll
-    for (int other = 0; other < kMaxParts; ++other) total += __shfl_sync(0xffffffffu, lane_total, other);
-    cg::this_cluster().barrier_arrive();  // none leaves while another may still read its part_total
-  }
 #endif
   const float scale = rsqrtf(total / float(row_bytes / int(sizeof(T))) + eps);
   if (has_line) {
@@ -382,12 +351,9 @@ __global__ void __launch_bounds__(kNormThreads)
       *reinterpret_cast<uint4*>(normed + size_t(zero_row) * row_bytes + offset) = make_uint4(0, 0, 0, 0);
     }
   }
-  if (threadIdx.x == 0 && part == 0) {  // every part has read the epoch (before the cluster's barrier)
+  if (threadIdx.x == 0 && part == 0) {  // every part has read the epoch: each pushed its sum after its gather
     epochs[row] = epoch;
   }
-#if __CUDA_ARCH__ >= 900 && !defined(CHIMERA_MBAR)
-  if (parts > 1) cooperative_groups::this_cluster().barrier_wait();
-#endif
 }
 
 extern "C" {
@@ -487,25 +453,18 @@ template <typename... Params, typename... Args>
 static ffi::Error launch(cudaStream_t stream, int blocks, int threads, int cluster, void (*kernel)(Params...),
                          Args... args) {
   cudaLaunchAttribute attributes[2] = {};
-#ifdef CHIMERA_NOPDL
-  cudaLaunchAttribute* cluster_attribute = &attributes[0];
-  const int n_attributes = cluster > 1 ? 1 : 0;
-#else
   attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attributes[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchAttribute* cluster_attribute = &attributes[1];
-  const int n_attributes = cluster > 1 ? 2 : 1;
-#endif
-  cluster_attribute->id = cudaLaunchAttributeClusterDimension;
-  cluster_attribute->val.clusterDim.x = cluster;
-  cluster_attribute->val.clusterDim.y = 1;
-  cluster_attribute->val.clusterDim.z = 1;
+  attributes[1].id = cudaLaunchAttributeClusterDimension;
+  attributes[1].val.clusterDim.x = cluster;
+  attributes[1].val.clusterDim.y = 1;
+  attributes[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(blocks);
   config.blockDim = dim3(threads);
   config.stream = stream;
   config.attrs = attributes;
-  config.numAttrs = n_attributes;
+  config.numAttrs = cluster > 1 ? 2 : 1;
   cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(status));
@@ -582,7 +541,7 @@ static ffi::Error add_rms_norm(cudaStream_t stream, int32_t device, ffi::AnyBuff
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   const int row_lines = static_cast<int>(row_bytes / 16);
   // K-splits are read by kSplitParts blocks a row (one SM reading 64 KB of them took 0.6 µs more, BENCHMARKS.md
-  // session 16); one split by one block (the cluster's barrier cost more than it saved, session 17)
+  // session 16); one split by one block (a cluster cost more than it saved, session 17, with a cluster barrier)
   const int parts = splits > 1 && major >= 9 && row_lines >= kSplitParts ? kSplitParts : 1;
   const int part_lines = (row_lines + parts - 1) / parts, threads = (part_lines + 31) / 32 * 32;
   const int rows = static_cast<int>(n_bytes / row_bytes), blocks = rows * parts;

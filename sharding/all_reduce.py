@@ -73,8 +73,7 @@ def build() -> pathlib.Path:
     """The shared library, compiled from all_reduce.cu (for ARCHITECTURES) unless the cache has it."""
     nvcc = find_nvcc()
     source = SOURCE.read_bytes()
-    defines = os.environ.get("CHIMERA_NVCC_DEFINES", "").split()  # EXPERIMENT: e.g. -DCHIMERA_MBAR
-    words = " ".join([importlib.metadata.version("jaxlib"), nvcc, *ARCHITECTURES, *defines]).encode()
+    words = " ".join([importlib.metadata.version("jaxlib"), nvcc, *ARCHITECTURES]).encode()
     key = hashlib.sha256(source + words).hexdigest()[:16]
     library = cache_dir() / f"all_reduce-{key}.so"
     if library.exists():
@@ -82,7 +81,7 @@ def build() -> pathlib.Path:
     library.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
         built = pathlib.Path(scratch) / library.name
-        command = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", *ARCHITECTURES, *defines,
+        command = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", *ARCHITECTURES,
                    "-diag-suppress", "940,2473", "-I", jax.ffi.include_dir(), str(SOURCE), "-o", str(built)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode:
