@@ -971,6 +971,18 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-host-p)  # 2 GPUs (session 18): why `chimera bench` times tensor=2 ~0.1 ms a step slower than per_call.py's fresh
+             # mode in one lease (x2-landed-p): per_call.py with the inputs handed over as host arrays (host) and placed
+             # before the timed call (fresh), the time of the five puts alone, and the bench once
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    opts=$(chimera_xla_flags)
+    echo "== puts"; XLA_FLAGS="$opts" timeout 60 python3 benchmarks/put_timing.py 2>&1 | grep -vE "^[IW]0000|^WARNING" | tee $R/puts.txt
+    echo "== per call"; XLA_FLAGS="$opts" timeout 200 python3 benchmarks/per_call.py --config llama-3-8b --mesh tensor=2 \
+      --gens 16,128 --repeats 4 --modes host,fresh --json $R/per-call.json 2>&1 | grep "^{" | cut -c1-400; save
+    echo "== bench tensor=2"; timeout 60 python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 \
+      --gen 128 --repeats 3 --batch 1 --mesh tensor=2 --json $R/tensor2.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170
+    save
+    ;;
   x2-landed-p)  # 2 GPUs (session 18): the cluster's sums of squares through a transaction barrier and a peer's two lines
                # polled at once, as landed: bits (all_reduce.py), llama-3-8b (8 layers) tensor=2 == one GPU (one prompt: the
                # cluster; two prompts), the bench alternated, tensor=2 and one GPU, and per_call.py (call and step apart)

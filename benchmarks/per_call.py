@@ -13,7 +13,9 @@ log with TF_CPP_VMODULE=command_buffer_thunk=3). Each layout is timed three ways
   as the Engine places them;
 - fresh: each call's outputs (and the prefill's first tokens) released before the next prefill,
   as `generate` (which fetches its tokens and moves on) releases them; inputs placed afresh;
-- pinned: as fresh, but the per-call inputs placed once and passed again each call.
+- pinned: as fresh, but the per-call inputs placed once and passed again each call;
+- host: as fresh, but the per-call inputs handed over as host arrays, which the Engine places inside
+  the call, as `generate` and `chimera bench` hand them over.
 A line `=== MODE gen N` goes to stderr before each mode and length, to split XLA's log.
 """
 
@@ -35,7 +37,7 @@ from chimera.runtime.sampling import Sampling
 from chimera.sharding.init import draw_params
 from timing import add_layout_arguments, layouts, marginal_ms_per_step
 
-MODES = ("keep", "fresh", "pinned")
+MODES = ("keep", "fresh", "pinned", "host")
 
 
 def time_calls(engine: Engine, config, batch: int, prompt_len: int, gen: int, repeats: int, mode: str) -> float:
@@ -58,7 +60,7 @@ def time_calls(engine: Engine, config, batch: int, prompt_len: int, gen: int, re
     kept = None
     seconds = []
     for call in range(repeats + 1):  # the first call compiles
-        inputs = pinned or placed()
+        inputs = host_inputs if mode == "host" else pinned or placed()
         state, first = engine.prefill_prompts(tokens, lengths, cache_len, inputs["row_ids"], inputs["seed"], greedy)
         jax.block_until_ready(first)
         start = time.perf_counter()
