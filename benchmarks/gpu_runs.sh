@@ -971,6 +971,20 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-warmup-p)  # 2 GPUs (session 18; the code is session 18's commit "Experiment: bench releases its warm-up call's
+               # outputs"): the bench with the warm-up's outputs kept alive through the timed calls (as before, env
+               # CHIMERA_BENCH_KEEP_WARMUP=1) and released, tensor=2 alternated, with XLA's command-buffer log
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1 --mesh tensor=2"
+    for variant in kept released kept released; do
+      keep=""; [ $variant = kept ] && keep=1
+      echo "== $variant"; CHIMERA_BENCH_KEEP_WARMUP=$keep TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=command_buffer_thunk=3 \
+        timeout 60 python3 -m chimera.runtime.cli $words --json $R/$variant-$RANDOM.json > $R/$variant.out 2> $R/$variant.log
+      tail -2 $R/$variant.out | cut -c1-170
+      grep -E "(Initialized|Updated) command buffer" $R/$variant.log | sed -E 's/.*\] //' | tail -12 | cut -c1-120
+      gzip -f $R/$variant.log; save
+    done
+    ;;
   x2-host-p)  # 2 GPUs (session 18): why `chimera bench` times tensor=2 ~0.1 ms a step slower than per_call.py's fresh
              # mode in one lease (x2-landed-p): per_call.py with the inputs handed over as host arrays (host) and placed
              # before the timed call (fresh), the time of the five puts alone, and the bench once
