@@ -971,6 +971,19 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-flags-p)  # 2 GPUs (session 18): does the CLI's set_xla_flags take effect here? The bench tensor=2 with XLA_FLAGS
+              # set by the caller to the CLI's own options and left to the CLI, alternated
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    python3 -c "from chimera.runtime import gpu_options as g; import os; print('plugin', g.cuda_plugin_installed(), 'knows', g.jax_knows_options(), 'set', g.set_xla_flags(), os.environ.get('XLA_FLAGS'))"
+    python3 -c "import importlib.metadata as m; print([d.metadata['Name'] for d in m.distributions() if 'jax' in (d.metadata['Name'] or '').lower()])"
+    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1 --mesh tensor=2"
+    opts=$(chimera_xla_flags)
+    for variant in caller cli caller cli; do
+      flags=""; [ $variant = caller ] && flags="$opts"
+      echo "== $variant"; XLA_FLAGS="$flags" timeout 60 python3 -m chimera.runtime.cli $words --json $R/$variant-$RANDOM.json 2>&1 \
+        | grep -vE "^[IW]0000|^WARNING" | tail -1 | cut -c1-170; save
+    done
+    ;;
   x2-warmup-p)  # 2 GPUs (session 18; the code is session 18's commit "Experiment: bench releases its warm-up call's
                # outputs"): the bench with the warm-up's outputs kept alive through the timed calls (as before, env
                # CHIMERA_BENCH_KEEP_WARMUP=1) and released, tensor=2 alternated, with XLA's command-buffer log

@@ -91,9 +91,6 @@ def bench_batch(config: ModelConfig, params, batch: int, prompt_len: int, gen: i
     (_, counts, _, _), decode_first = _timed(lambda: decode(state, first))
     if int(np.min(counts)) != gen:
         raise RuntimeError(f"decode produced {counts} tokens, expected {gen} for every row")
-    import os  # EXPERIMENT
-    if not os.environ.get("CHIMERA_BENCH_KEEP_WARMUP"):
-        del _, counts, state, first
 
     # Each call's outputs are released before the next, as `generate` releases them: outputs kept
     # alive make the next call's land elsewhere, and XLA then re-records the loop's CUDA graph
