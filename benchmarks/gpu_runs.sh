@@ -971,6 +971,12 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     python3 benchmarks/kernel_timeline.py $R/profile-below/trace --around add_rms_norm --count 10 --device 0 \
       > $R/timeline-below-gpu0.txt 2>&1; cat $R/timeline-below-gpu0.txt; rm -rf $R/profile-below/trace; save
     ;;
+  x2-single-p)  # 2 GPUs (session 18): per_call.py's tensor=2 step without the one-GPU run before it in the process (and
+               # only gen 128): is that what made it ~0.1 ms faster than the bench's in x2-landed-p and x2-host-p?
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    XLA_FLAGS="$(chimera_xla_flags)" timeout 100 python3 benchmarks/per_call.py --config llama-3-8b --mesh tensor=2 --no-single \
+      --gens 128 --repeats 3 --modes host --json $R/per-call.json 2>&1 | grep "^{" | cut -c1-400; save
+    ;;
   x2-flags-p)  # 2 GPUs (session 18): does the CLI's set_xla_flags take effect here? The bench tensor=2 with XLA_FLAGS
               # set by the caller to the CLI's own options and left to the CLI, alternated
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
