@@ -27,7 +27,7 @@ def scripts(monkeypatch):
     return importlib.import_module("per_call"), importlib.import_module("decode_loop")
 
 
-@pytest.mark.parametrize("mode", ["keep", "fresh", "pinned"])
+@pytest.mark.parametrize("mode", ["keep", "fresh", "pinned", "host"])
 def test_each_mode_times_full_calls(scripts, mode):
     per_call, _ = scripts
     config = chimera.load_config("llama-tiny")
