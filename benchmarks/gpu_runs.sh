@@ -40,6 +40,28 @@ equality_8layers() {
     --json $R/equality-llama-3-8b-8layers.json > $R/equality-8b.log 2>&1
   echo "exit $?"; grep -E '"identical"|rror' $R/equality-8b.log | tail -n 3 | cut -c1-300; save
 }
+# What a landing case checks (sessions 17-18): the kernels' bits (all_reduce.py, rows $1), then llama-3-8b cut to 8
+# layers tensor=2 == one GPU in float32, one prompt (one-row programs) and two prompts, under the CLI's flags
+landing_checks() {
+  echo "== bits"; timeout 80 python3 benchmarks/all_reduce.py --rows $1 --repeats 5 --chain 16 --json $R/all_reduce.json \
+    2>&1 | grep -vE "^[IW]0000|^WARNING" | grep -E "fused|bit for bit" | cut -c1-200; save
+  llama_8layers; opts=$(chimera_xla_flags)
+  for prompts in 17 5,40; do
+    XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 100 python3 benchmarks/sharded_equality.py --dtype float32 \
+      --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --prompts $prompts --new-tokens 16 \
+      --json $R/equality-$prompts.json > $R/equality-$prompts.log 2>&1
+    echo "== equality prompts $prompts exit $?"; grep -E '"identical"|rror' $R/equality-$prompts.log | tail -n 3 | cut -c1-300; save
+  done
+}
+# The bench of llama-3-8b at batch 1 for each run named (tensor=2 or 1gpu), in that order, as $R/RUN-N.json
+alternate_bench() {
+  for run in "$@"; do
+    mesh=""; [ $run != 1gpu ] && mesh="--mesh $run"
+    echo "== $run"; timeout 60 python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 \
+      --gen 128 --repeats 3 --batch 1 $mesh --json $R/$run-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 \
+      | cut -c1-170; save
+  done
+}
 # llama-3-8b (8 layers) tensor=2 batch 1 profiled with its graphs kept, under the CLI's flags: profile_8layers NAME TOP
 profile_8layers() {
   llama_8layers
@@ -1020,21 +1042,8 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
                # polled at once, as landed: bits (all_reduce.py), llama-3-8b (8 layers) tensor=2 == one GPU (one prompt: the
                # cluster; two prompts), the bench alternated, tensor=2 and one GPU, and per_call.py (call and step apart)
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
-    echo "== bits"; timeout 80 python3 benchmarks/all_reduce.py --rows 1,16 --repeats 5 --chain 16 --json $R/all_reduce.json \
-      2>&1 | grep -vE "^[IW]0000|^WARNING" | grep -E "fused|bit for bit" | cut -c1-200; save
-    llama_8layers; opts=$(chimera_xla_flags)
-    for prompts in 17 5,40; do
-      XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 100 python3 benchmarks/sharded_equality.py --dtype float32 \
-        --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --prompts $prompts --new-tokens 16 \
-        --json $R/equality-$prompts.json > $R/equality-$prompts.log 2>&1
-      echo "== equality prompts $prompts exit $?"; grep -E '"identical"|rror' $R/equality-$prompts.log | tail -n 3 | cut -c1-300; save
-    done
-    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
-    for run in tensor=2 1gpu tensor=2 1gpu tensor=2 1gpu; do
-      mesh=""; [ $run != 1gpu ] && mesh="--mesh $run"
-      echo "== $run"; timeout 60 python3 -m chimera.runtime.cli $words $mesh --json $R/$run-$RANDOM.json 2>&1 \
-        | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
-    done
+    landing_checks 1,16
+    alternate_bench tensor=2 1gpu tensor=2 1gpu tensor=2 1gpu
     echo "== per call"; XLA_FLAGS="$opts" timeout 150 python3 benchmarks/per_call.py --config llama-3-8b --mesh tensor=2 \
       --gens 16,128 --repeats 4 --modes fresh --json $R/per-call.json 2>&1 | grep "^{" | cut -c1-400; save
     ;;
@@ -1099,21 +1108,8 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
                # cluster of 4 blocks a row), as landed: bits (all_reduce.py: the splits against their sum), llama-3-8b (8
                # layers) tensor=2 == one GPU (one prompt: the splits; two prompts), then the bench, tensor=2 and one GPU
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
-    echo "== chain"; timeout 80 python3 benchmarks/all_reduce.py --rows 1 --repeats 5 --chain 16 --json $R/all_reduce.json \
-      2>&1 | grep -vE "^[IW]0000|^WARNING" | grep -E "fused|bit for bit" | cut -c1-200; save
-    llama_8layers; opts=$(chimera_xla_flags)
-    for prompts in 17 5,40; do
-      XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 100 python3 benchmarks/sharded_equality.py --dtype float32 \
-        --config $R/llama-3-8b-8layers.yaml --mesh tensor=2 --prompts $prompts --new-tokens 16 \
-        --json $R/equality-$prompts.json > $R/equality-$prompts.log 2>&1
-      echo "== equality prompts $prompts exit $?"; grep -E '"identical"|rror' $R/equality-$prompts.log | tail -n 3 | cut -c1-300; save
-    done
-    words="bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 --gen 128 --repeats 3 --batch 1"
-    for run in tensor=2 1gpu tensor=2 1gpu tensor=2; do
-      mesh=""; [ $run != 1gpu ] && mesh="--mesh $run"
-      echo "== $run"; timeout 60 python3 -m chimera.runtime.cli $words $mesh --json $R/$run-$RANDOM.json 2>&1 \
-        | grep -vE "^[IW]0000|^WARNING" | tail -2 | cut -c1-170; save
-    done
+    landing_checks 1
+    alternate_bench tensor=2 1gpu tensor=2 1gpu tensor=2
     ;;
   x2-cluster-o)  # 2 GPUs (session 17; the code is session 17's commit "Experiment: the parts' sums of squares read at
                 # once"): the stamps (norm_trace.py, built with -DCHIMERA_NORM_TRACE) with 8 parts and 4 splits; then, built
