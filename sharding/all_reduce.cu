@@ -264,7 +264,8 @@ __device__ __forceinline__ float add_part_totals(PartTotals& shared, float total
   }
   if (int(threadIdx.x) < parts) {  // thread i pushes this block's total to block i
     uint32_t slot, barrier;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(slot) : "r"(shared_address(&shared.totals[part])), "r"(threadIdx.x));
+    const uint32_t own_slot = shared_address(&shared.totals[part]);
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(slot) : "r"(own_slot), "r"(threadIdx.x));
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(barrier) : "r"(arrived), "r"(threadIdx.x));
     asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];"
                  ::"r"(slot), "r"(__float_as_uint(total)), "r"(barrier) : "memory");
