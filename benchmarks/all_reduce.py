@@ -97,7 +97,7 @@ def check_fused(mesh, devices: int, width: int, rng, results: dict):
                    "norm_elements_differing": int(np.sum(normed != normed_xla)),
                    "norm_max_ulps": ulps(normed, normed_xla, dtype)}
             if rows == 1:  # the zero row written under a one-row norm (runtime/linear.py multiplies both)
-                padded = np.asarray(zero_row_norm(mesh)(partial, before, weight))
+                padded = np.asarray(fused_call(mesh, zero_rows=1)(partial, before, weight)[1])
                 row["zero_row_norm_equal"] = bool(np.array_equal(padded[:1], normed))
                 row["zero_row_zeros"] = bool(not np.any(padded[1:].astype(np.float32)))
             print(f"fused {name} rows {rows}: {row}", flush=True)
@@ -111,8 +111,8 @@ def check_fused(mesh, devices: int, width: int, rng, results: dict):
         before = jnp.asarray(rng.standard_normal((1, width)), dtype)
         weight = jnp.asarray(1 + rng.standard_normal(width) / 4, dtype)
         split_rows = jax.device_put(splits.reshape(devices * residual.SPLITS, 2, width), split)
-        after, normed = split_norm(mesh, residual.SPLITS)(split_rows, before, weight)
-        after_sum, normed_sum = split_norm(mesh, 1)(jax.device_put(summed.reshape(devices, width).astype(dtype), split),
+        after, normed = fused_call(mesh, splits=residual.SPLITS)(split_rows, before, weight)
+        after_sum, normed_sum = fused_call(mesh)(jax.device_put(summed.reshape(devices, width).astype(dtype), split),
                                                     before, weight)
         row = {"residual_equal": bool(np.array_equal(np.asarray(after), np.asarray(after_sum))),
                "norm_elements_differing": int(np.sum(np.asarray(normed) != np.asarray(normed_sum))),
@@ -121,27 +121,15 @@ def check_fused(mesh, devices: int, width: int, rng, results: dict):
         results[f"fused_{name}_splits"] = row
 
 
-def split_norm(mesh, splits: int):
-    """A jitted program: (partial [tensor * splits, 2, width] float32 K-splits, or [tensor, width] when
-    splits is 1; residual [1, width]; weight [width]) -> the fused kernel's (residual, normed row)."""
+def fused_call(mesh, zero_rows: int = 0, splits: int = 1):
+    """A jitted program: (partial [tensor, width], or [tensor * splits, 2, width] float32 K-splits; residual
+    [1, width]; weight [width]) -> the fused kernel's (residual [1, width], normed [1 + zero_rows, width])."""
     def body(partial, before, weight):
-        after, normed = residual.sum_add_rms_norm(partial, before, weight, EPS, mesh, splits=splits)
-        return after, normed
+        return residual.sum_add_rms_norm(partial, before, weight, EPS, mesh, zero_rows, splits)
 
     replicated = PartitionSpec()
     return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(PartitionSpec("tensor"), replicated, replicated),
                                  out_specs=(replicated, replicated), check_vma=False))
-
-
-def zero_row_norm(mesh):
-    """A jitted program: (partial [tensor, width], residual [1, width], weight [width]) -> the fused
-    kernel's normed row over the zero row it writes, [2, width]."""
-    def body(partial, before, weight):
-        return residual.sum_add_rms_norm(partial, before, weight, EPS, mesh, zero_rows=1)[1]
-
-    replicated = PartitionSpec()
-    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(PartitionSpec("tensor"), replicated, replicated),
-                                 out_specs=replicated, check_vma=False))
 
 
 def main():
