@@ -53,13 +53,15 @@ landing_checks() {
     echo "== equality prompts $prompts exit $?"; grep -E '"identical"|rror' $R/equality-$prompts.log | tail -n 3 | cut -c1-300; save
   done
 }
-# The bench of llama-3-8b at batch 1 for each run named (tensor=2 or 1gpu), in that order, as $R/RUN-N.json
+# The bench of CONFIG at BATCHES (comma-separated) for each run named (a mesh such as tensor=2, or 1gpu), in that
+# order, as $R/NAME-RUN-N.json: alternate_bench CONFIG BATCHES RUNS...
 alternate_bench() {
+  config=$1 batches=$2; shift 2
   for run in "$@"; do
     mesh=""; [ $run != 1gpu ] && mesh="--mesh $run"
-    echo "== $run"; timeout 60 python3 -m chimera.runtime.cli bench --config llama-3-8b --dtype bfloat16 --prompt-len 128 \
-      --gen 128 --repeats 3 --batch 1 $mesh --json $R/$run-$RANDOM.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | tail -2 \
-      | cut -c1-170; save
+    echo "== $(basename $config .yaml) $run"; timeout 150 python3 -m chimera.runtime.cli bench --config $config --dtype bfloat16 \
+      --prompt-len 128 --gen 128 --repeats 3 --batch $batches $mesh --json $R/$(basename $config .yaml)-$run-$RANDOM.json 2>&1 \
+      | grep -vE "^[IW]0000|^WARNING" | grep -E "^ +128 |rror" | cut -c1-170; save
   done
 }
 # llama-3-8b (8 layers) tensor=2 batch 1 profiled with its graphs kept, under the CLI's flags: profile_8layers NAME TOP
@@ -1043,9 +1045,22 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
                # cluster; two prompts), the bench alternated, tensor=2 and one GPU, and per_call.py (call and step apart)
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     landing_checks 1,16
-    alternate_bench tensor=2 1gpu tensor=2 1gpu tensor=2 1gpu
+    alternate_bench llama-3-8b 1 tensor=2 1gpu tensor=2 1gpu tensor=2 1gpu
     echo "== per call"; XLA_FLAGS="$opts" timeout 150 python3 benchmarks/per_call.py --config llama-3-8b --mesh tensor=2 \
       --gens 16,128 --repeats 4 --modes fresh --json $R/per-call.json 2>&1 | grep "^{" | cut -c1-400; save
+    ;;
+  x2-dense-q)  # 2 GPUs (session 19): the issue's dense figures with the bench's warm-up fixed (session 18): the landing
+              # checks, llama-3-8b at batch 1 and 16, tensor=2 and one GPU alternated, then per_call.py (call and step apart)
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    landing_checks 1,16
+    alternate_bench llama-3-8b 1,16 tensor=2 1gpu tensor=2 1gpu tensor=2 1gpu
+    echo "== per call"; XLA_FLAGS="$opts" timeout 150 python3 benchmarks/per_call.py --config llama-3-8b --mesh tensor=2 \
+      --gens 16,128 --repeats 4 --modes fresh --json $R/per-call.json 2>&1 | grep "^{" | cut -c1-400; save
+    ;;
+  x2-moe-q)  # 2 GPUs (session 19): the issue's MoE figure with the bench's warm-up fixed: mixtral-8x7b (all 32 layers;
+            # 93 GB in bf16, which one H200 holds) over expert=2 and on one GPU, batch 1 and 16, alternated
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    alternate_bench mixtral-8x7b 1,16 expert=2 1gpu expert=2 1gpu
     ;;
   x2-percall-p)  # 2 GPUs (session 18, MP of x2-mbar-p): what a decode call costs beside its steps, one GPU and tensor=2
                 # (per_call.py, fresh and pinned), with XLA's command-buffer log (recordings a call, their µs)
@@ -1109,7 +1124,7 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
                # layers) tensor=2 == one GPU (one prompt: the splits; two prompts), then the bench, tensor=2 and one GPU
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     landing_checks 1
-    alternate_bench tensor=2 1gpu tensor=2 1gpu tensor=2
+    alternate_bench llama-3-8b 1 tensor=2 1gpu tensor=2 1gpu tensor=2
     ;;
   x2-cluster-o)  # 2 GPUs (session 17; the code is session 17's commit "Experiment: the parts' sums of squares read at
                 # once"): the stamps (norm_trace.py, built with -DCHIMERA_NORM_TRACE) with 8 parts and 4 splits; then, built
