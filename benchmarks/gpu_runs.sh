@@ -1066,10 +1066,7 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
                    # several ways (benchmarks/moe_gemv.py): which reads only the routed experts, once, near the bandwidth?
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     timeout 300 python3 benchmarks/moe_gemv.py --rows 2,4,6 --layers 8 --json $R/moe_gemv.json 2>&1 \
-      | grep -vE "^[IW]0000|^WARNING" | cut -c1-330 | tail -30; save
-    echo "== slices with XLA's dynamic-slice fusion"
-    XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true timeout 100 python3 benchmarks/moe_gemv.py --rows 2,6 --layers 8 \
-      --forms gather,slices --json $R/moe_gemv-dsf.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | cut -c1-330 | tail -6; save
+      | grep -vE "^[IW]0000|^WARNING" | cut -c1-140 | tail -30; save
     ;;
   x2-percall-p)  # 2 GPUs (session 18, MP of x2-mbar-p): what a decode call costs beside its steps, one GPU and tensor=2
                 # (per_call.py, fresh and pinned), with XLA's command-buffer log (recordings a call, their µs)

@@ -87,7 +87,8 @@ def _grouped_matvec_kernel(expert_ref, x_ref, *refs, block_k: int, n_experts: in
             o_ref[...] = jnp.zeros(o_ref.shape, jnp.float32)
 
 
-def grouped_matvec(x, weights, expert, *, block_n: int, block_k: int, splits: int, interpret: bool = False):
+def grouped_matvec(x, weights, expert, *, block_n: int, block_k: int, splits: int, num_warps: int = 4,
+                   interpret: bool = False):
     """x [M, K], weights: each [E, K, N], expert [M] (E: none) -> each weight's float32 [M, N]:
     row m times its expert's matrix, read in place (zeros for no expert)."""
     n_rows, size = x.shape
@@ -102,29 +103,31 @@ def grouped_matvec(x, weights, expert, *, block_n: int, block_k: int, splits: in
                   pl.BlockSpec((None, size // splits), lambda m, n, s: (m, s))] + [w_spec] * len(weights),
         out_specs=[out_spec] * len(weights),
         out_shape=[jax.ShapeDtypeStruct((splits, n_rows, columns), jnp.float32)] * len(weights),
-        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=3),
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=3),
         interpret=interpret, name="grouped_matvec",
     )(expert, x, *weights)
     return [p.sum(axis=0) for p in parts]  # each [M, N]
 
 
 def pallas_mlp(rows, group_sizes, experts, activation: str, *, block_n=64, block_k=256, up_splits=1,
-               down_splits=4):
+               down_splits=4, num_warps=4):
     n_experts = group_sizes.shape[0]
     expert = dispatch.row_groups(group_sizes, rows.shape[0]).astype(jnp.int32)  # [M], E past the groups
     interpret = jax.devices()[0].platform == "cpu"
     gate, up = grouped_matvec(rows, (experts["w_gate"], experts["w_up"]), expert, block_n=block_n,
-                              block_k=block_k, splits=up_splits, interpret=interpret)  # [M, F] each
+                              block_k=block_k, splits=up_splits, num_warps=num_warps, interpret=interpret)  # [M, F] each
     h = (ACTIVATIONS[activation](gate.astype(rows.dtype)) * up.astype(rows.dtype))  # [M, F]
     (out,) = grouped_matvec(h, (experts["w_down"],), expert, block_n=block_n, block_k=block_k,
-                            splits=down_splits, interpret=interpret)
+                            splits=down_splits, num_warps=num_warps, interpret=interpret)
     return out.astype(rows.dtype)  # [M, D]
 
 
 FORMS = {"pallas": pallas_mlp,
-         "pallas_n128": functools.partial(pallas_mlp, block_n=128),
+         "pallas_n32": functools.partial(pallas_mlp, block_n=32),
          "pallas_s2": functools.partial(pallas_mlp, up_splits=2, down_splits=8),
-         "pallas_k512": functools.partial(pallas_mlp, block_k=512),
+         "pallas_k128": functools.partial(pallas_mlp, block_k=128),
+         "pallas_w8": functools.partial(pallas_mlp, num_warps=8),
+         "pallas_s1": functools.partial(pallas_mlp, down_splits=1),
          "gather": dispatch.gather_mlp, "reduce": reduce_mlp, "slices": slices_mlp,
          "ragged_dot": dispatch.ragged_dot_mlp}
 
@@ -165,7 +168,7 @@ def main(argv=None):
     parser.add_argument("--d-model", type=int, default=4096)
     parser.add_argument("--d-ff", type=int, default=14336)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--forms", default="gather,reduce,slices,ragged_dot,pallas,pallas_n128,pallas_s2,pallas_k512")
+    parser.add_argument("--forms", default="gather,slices,ragged_dot,pallas,pallas_n32,pallas_s2,pallas_k128,pallas_w8,pallas_s1")
     parser.add_argument("--tiny", action="store_true", help="D=64, F=128, 2 layers, 3 repeats (CPU check)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
