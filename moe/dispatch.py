@@ -10,13 +10,16 @@ the router weights. Three grouped matmuls, chosen by name:
 - `ragged_dot`: `jax.lax.ragged_dot` with the per-expert group sizes;
 - `tiled`: each expert's rows padded to whole tiles of `tile_rows`, one tile at a time
   through its own expert's weights (`lax.scan`); tiles past the used ones are skipped;
-- `gather`: each row's expert's weights gathered ([M, D, F] for M rows) and one batched matmul
-  per row, so it reads M expert matrices (an expert two rows go to is read twice), not all E;
-- `auto` (the default), from static shapes: `gather` while M < E, since only then are M
-  gathered matrices fewer bytes than the E experts ragged_dot reads (on an H100 it read all 8
-  of Mixtral's for one token, BENCHMARKS.md). M counts every row, padding included: gather
-  reads a matrix for each (M = batch * top_k in a decode step).
-  From M = E on, `ragged_dot` below AUTO_TILED_ROWS rows and `tiled` from there. Measured on
+- `gather`: each row through its own expert's weights, so it reads M expert matrices (an
+  expert two rows go to is read twice), not all E: on a GPU by a Pallas kernel that reads them
+  in place and skips rows of no expert (`grouped_matvec.py`), elsewhere gathered into copies
+  ([M, D, F]) for one batched matmul;
+- `auto` (the default), from static shapes: `gather` while M <= E, since then the matrices
+  it reads are never more than the E experts ragged_dot reads (on an H100 it read all 8 of
+  Mixtral's for one token, BENCHMARKS.md), and fewer where rows repeat an expert or are
+  padding (an expert-parallel receive buffer is sized for the worst case: at batch 1 over
+  expert=2, 4 rows for 4 local experts, at most 2 of them routed). M counts every row.
+  Past M = E, `ragged_dot` below AUTO_TILED_ROWS rows and `tiled` from there. Measured on
   an H100 (BENCHMARKS.md, Mixtral's 8 x 4096 x 14336 experts, top 2): ragged_dot was faster
   at 2 to 1024 rows (1.2 vs 1.3 ms, 1.7 vs 5.5 ms, 4.1 vs 5.2 ms), tiled at 8192 rows
   (11.2 vs 29.8 ms); the switch sits between those sizes, where nothing was measured.
@@ -37,6 +40,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from chimera.moe import grouped_matvec
 from chimera.moe.mlp import ACTIVATIONS
 
 GroupedMatmul = Literal["auto", "ragged_dot", "tiled", "gather"]
@@ -148,11 +152,9 @@ def tiled_mlp(rows, group_sizes, experts, activation: str, tile_rows: int | None
     return jnp.take(out.reshape(n_tiles * tile, d_model), slot, axis=0, mode="fill", fill_value=0)  # [M, D]
 
 
-def gather_mlp(rows, group_sizes, experts, activation: str):
-    """Each row through its own gathered copy of its expert's weights (a batched matmul over
-    rows): M expert matrices read, not E. Rows past sum(group_sizes) go through the last
-    expert; callers mask them. Whether XLA fuses the gather into the matmul or writes the
-    copy first is the compiler's choice: benchmarks/moe_grouped_matmul.py times it."""
+def copies_mlp(rows, group_sizes, experts, activation: str):
+    """`gather` off a GPU: each row's expert's weights gathered into a copy ([M, D, F]) for one
+    batched matmul. Rows past sum(group_sizes) go through the last expert; callers mask them."""
     n_experts = group_sizes.shape[0]
     expert = jnp.minimum(row_groups(group_sizes, rows.shape[0]), n_experts - 1)  # [M]
     w_gate, w_up = experts["w_gate"][expert], experts["w_up"][expert]  # [M, D, F]
@@ -162,16 +164,29 @@ def gather_mlp(rows, group_sizes, experts, activation: str):
     return jnp.einsum("mf,mfd->md", ACTIVATIONS[activation](gate) * up, w_down)  # [M, D]
 
 
+def gather_mlp(rows, group_sizes, experts, activation: str):
+    """Each row through its own expert's weights: M expert matrices read, not E. On a GPU one
+    Pallas kernel reads them in place (`grouped_matvec.py`; rows past sum(group_sizes) read
+    nothing and come out zero), where a copy would move each matrix three times (BENCHMARKS.md,
+    session 19); elsewhere, and for expert sizes the kernel does not take (not multiples of 16),
+    `copies_mlp`."""
+    _, d_model, d_ff = experts["w_gate"].shape
+    if jax.default_backend() == "gpu" and grouped_matvec.fits(d_model, d_ff):
+        expert = row_groups(group_sizes, rows.shape[0])  # [M], E past the groups
+        return grouped_matvec.in_place_mlp(rows, expert, experts, activation)
+    return copies_mlp(rows, group_sizes, experts, activation)
+
+
 GROUPED_MLPS = {"ragged_dot": ragged_dot_mlp, "tiled": tiled_mlp, "gather": gather_mlp}
 
 
 def resolve(grouped_matmul: GroupedMatmul, n_rows: int, n_experts: int) -> str:
     """The grouped matmul that runs `n_rows` (static) assignment rows through `n_experts`:
-    `auto` gathers while n_rows < n_experts (fewer matrices read than all experts), then
+    `auto` gathers while n_rows <= n_experts (no more matrices read than all experts), then
     ragged_dot below AUTO_TILED_ROWS rows, tiled from there (the module docstring says why)."""
     if grouped_matmul != "auto":
         return grouped_matmul
-    if n_rows < n_experts:
+    if n_rows <= n_experts:
         return "gather"
     return "tiled" if n_rows >= AUTO_TILED_ROWS else "ragged_dot"
 

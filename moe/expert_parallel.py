@@ -57,8 +57,9 @@ def exchange(x, ids, weights, routed, experts, *, n_devices: int, send_rows: int
 
     received, received_expert = all_to_all(send), all_to_all(send_expert)  # [P * S, D], [P * S]
     # `auto` weighs the whole receive buffer (P * S rows, empty ones too: its size is static)
-    # against this device's E/P experts, so it gathers only where reading a matrix per buffer
-    # row still reads less than every local expert; an explicit `gather` is exact here as well.
+    # against this device's E/P experts, so it gathers only where a matrix per buffer row is no
+    # more than every local expert (on a GPU the empty rows then read nothing); an explicit
+    # `gather` is exact here as well.
     out = expert_rows(received, received_expert, experts, activation, grouped_matmul)  # [P * S, D]
     returned = all_to_all(out)  # [P * S, D]: my rows, as computed by their experts' devices
     mine = jnp.take(returned, slot, axis=0, mode="fill", fill_value=0)  # [M, D]

@@ -185,13 +185,13 @@ def test_jit_compatible():
 
 
 def test_auto_picks_by_row_count():
-    """`auto` gathers exactly while rows < experts (fewer matrices read than all experts), then
+    """`auto` gathers exactly while rows <= experts (no more matrices read than all experts), then
     runs ragged_dot below AUTO_TILED_ROWS assignment rows and tiled from there (the measured
     crossover); explicit choices are kept whatever the size."""
     for n_experts in (2, 8, 256):
         for n_rows in range(1, 2 * n_experts):
-            assert (dispatch.resolve("auto", n_rows, n_experts) == "gather") == (n_rows < n_experts)
-    assert dispatch.resolve("auto", 8, 8) == dispatch.resolve("auto", dispatch.AUTO_TILED_ROWS - 1, 8) == "ragged_dot"
+            assert (dispatch.resolve("auto", n_rows, n_experts) == "gather") == (n_rows <= n_experts)
+    assert dispatch.resolve("auto", 9, 8) == dispatch.resolve("auto", dispatch.AUTO_TILED_ROWS - 1, 8) == "ragged_dot"
     assert dispatch.resolve("auto", dispatch.AUTO_TILED_ROWS, 8) == "tiled"
     assert dispatch.resolve("tiled", 2, 8) == "tiled" and dispatch.resolve("ragged_dot", 10 ** 6, 8) == "ragged_dot"
     assert dispatch.resolve("gather", 10 ** 6, 8) == "gather"
