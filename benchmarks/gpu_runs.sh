@@ -1071,10 +1071,11 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
   x2-moe-gather-q)  # 2 GPUs (session 19): `gather` through the in-place Pallas kernel (moe/grouped_matvec.py): its
                    # values on the GPU, its speed against the copies and ragged_dot, Mixtral (8 layers) over expert=2
                    # == one GPU (one prompt: gather on both; three: gather on one GPU), mixtral-8x7b batch 1 alternated
+                   # (GEMV=0 leaves out the speed of the formulations; RUNS=... the bench runs)
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
     echo "== check"; timeout 150 python3 benchmarks/check_gpu_moe.py 2>&1 | grep -vE "^[IW]0000|^WARNING" | tee $R/check.txt | tail -18
-    echo "== gemv"; timeout 100 python3 benchmarks/moe_gemv.py --rows 2,4,6,8 --layers 8 --json $R/moe_gemv.json 2>&1 \
-      | grep -vE "^[IW]0000|^WARNING" | cut -c1-140 | tail -12; save
+    [ "${GEMV:-1}" = 1 ] && { echo "== gemv"; timeout 100 python3 benchmarks/moe_gemv.py --rows 2,4,6,8 --layers 8 \
+      --json $R/moe_gemv.json 2>&1 | grep -vE "^[IW]0000|^WARNING" | cut -c1-140 | tail -12; save; }
     sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml; opts=$(chimera_xla_flags)
     for prompts in 17 5,17,40; do
       XLA_FLAGS="$opts" JAX_DEFAULT_MATMUL_PRECISION=highest timeout 100 python3 benchmarks/sharded_equality.py --dtype float32 \
@@ -1082,7 +1083,7 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
         --json $R/equality-$prompts.json > $R/equality-$prompts.log 2>&1
       echo "== equality prompts $prompts exit $?"; grep -E '"identical"|rror' $R/equality-$prompts.log | tail -n 3 | cut -c1-300; save
     done
-    alternate_bench mixtral-8x7b 1 1gpu expert=2 1gpu expert=2
+    alternate_bench mixtral-8x7b 1 ${RUNS:-1gpu expert=2 1gpu expert=2}
     ;;
   x2-percall-p)  # 2 GPUs (session 18, MP of x2-mbar-p): what a decode call costs beside its steps, one GPU and tensor=2
                 # (per_call.py, fresh and pinned), with XLA's command-buffer log (recordings a call, their µs)

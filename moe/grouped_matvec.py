@@ -27,9 +27,10 @@ from chimera.moe.mlp import ACTIVATIONS
 ROWS = 16  # Triton's smallest dot operand
 # Measured on an H200 (benchmarks/moe_gemv.py, Mixtral's 4096 x 14336 experts): 64 columns a
 # program, 256 rows a step and no K-splits read 3.2-3.9 TB/s at 2-6 rows; 32 columns, 128 rows,
-# 8 warps or 2-8 K-splits were slower. Wider blocks do not fit shared memory with 3 stages.
+# 8 warps or 2-8 K-splits were slower. Wider blocks do not fit shared memory with 3 stages, and
+# float32 weights take half the rows (their 256 asked for 274 KB of the 227 KB a block has).
 # Sizes they do not divide take the largest power of 2 that does (DeepSeek-V2-Lite's 1408: 128).
-BLOCK_N, BLOCK_K = 64, 256
+BLOCK_N, BLOCK_K = 64, 256  # BLOCK_K for 2-byte weights
 
 
 def _kernel(expert_ref, x_ref, *refs, block_k: int, n_experts: int):
@@ -67,9 +68,13 @@ def _block(size: int, largest: int) -> int | None:
     return block if block >= ROWS else None
 
 
+def _block_k(dtype) -> int:
+    return max(ROWS, BLOCK_K * 2 // jnp.dtype(dtype).itemsize)
+
+
 def fits(d_model: int, d_ff: int) -> bool:
     """Whether in_place_mlp takes experts of these sizes (each a multiple of 16)."""
-    return all(_block(size, largest) for size in (d_model, d_ff) for largest in (BLOCK_N, BLOCK_K))
+    return all(_block(size, ROWS) for size in (d_model, d_ff))
 
 
 def grouped_matvec(x, weights: tuple, expert, *, interpret: bool = False) -> list:
@@ -81,7 +86,7 @@ def grouped_matvec(x, weights: tuple, expert, *, interpret: bool = False) -> lis
     if any(w.shape != weights[0].shape for w in weights) or weights[0].shape[1] != size or expert.shape != (n_rows,):
         raise ValueError(f"need x [M, K], weights [E, K, N] alike and expert [M]; got x {x.shape}, "
                          f"weights {[w.shape for w in weights]}, expert {expert.shape}")
-    block_n, block_k = _block(columns, BLOCK_N), _block(size, BLOCK_K)
+    block_n, block_k = _block(columns, BLOCK_N), _block(size, _block_k(weights[0].dtype))
     if block_n is None or block_k is None:
         raise ValueError(f"grouped_matvec: K {size} and N {columns} must be multiples of {ROWS}")
     w_spec = pl.BlockSpec((n_experts, size, block_n), lambda m, n: (0, 0, n))  # -> [E, K, block_n]
