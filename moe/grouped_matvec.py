@@ -4,12 +4,12 @@ the `gather` grouped matmul on a GPU (a decode step's M = batch x top_k rows, M 
 Gathering each row's expert weights into a copy before a batched matmul moves every routed
 matrix three times (read, write, read again; BENCHMARKS.md session 19: Mixtral's experts at 2
 rows ran at 1.2 TB/s of routed bytes on an H200). Here one Pallas (Triton) kernel multiplies
-each row by its expert's matrix where it lies: grid (row, column block, K-split); program (m, n, s)
-reads row m's expert id, skips the work for a row of no expert (its output is zeros, nothing
-read), and accumulates rows s * K/splits ... of the expert's column block n, `block_k` rows at
-a time, in float32. Triton's dot wants operands of >= 16 rows, so the row's slice is row 0 of a
-[16, block_k] operand whose other rows are zero (memory-bound work: the idle rows read nothing).
-Gate and up share one kernel (x read once, two accumulators).
+each row by its expert's matrix where it lies: grid (row, column block); program (m, n) reads row
+m's expert id, skips the work for a row of no expert (its output is zeros, nothing read), and
+runs down the expert's column block n, `block_k` rows at a time, accumulating in float32.
+Triton's dot wants operands of >= 16 rows, so the row's slice is row 0 of a [16, block_k]
+operand whose other rows are zero (memory-bound work: the idle rows read nothing). Gate and up
+share one kernel (x read once, two accumulators).
 """
 
 from __future__ import annotations
