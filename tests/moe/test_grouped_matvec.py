@@ -31,7 +31,7 @@ def test_products_equal_float64(size, columns):
 
 
 def test_mlp_equals_float64_and_gather():
-    """in_place_mlp == the gated MLP in float64 and == gather's copies on the rows it routes."""
+    """in_place_mlp == the gated MLP in float64 and == copies_mlp on the rows it routes."""
     rng = np.random.default_rng(1)
     n_experts, d_model, d_ff = 3, 32, 48
     experts = {"w_gate": rng.normal(size=(n_experts, d_model, d_ff)) * d_model ** -0.5,
@@ -48,8 +48,8 @@ def test_mlp_equals_float64_and_gather():
         want[m] = hidden @ experts["w_down"][e]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     sizes = jnp.asarray(np.bincount(expert, minlength=n_experts + 1)[:n_experts], jnp.int32)
-    copies = dispatch.gather_mlp(jnp.asarray(rows, jnp.float32), sizes,
-                                 {k: jnp.asarray(v, jnp.float32) for k, v in experts.items()}, "silu")
+    copies = dispatch.copies_mlp(jnp.asarray(rows, jnp.float32), sizes,
+                                  {k: jnp.asarray(v, jnp.float32) for k, v in experts.items()}, "silu")
     np.testing.assert_allclose(got[:3], copies[:3], rtol=1e-5, atol=1e-5)
 
 
