@@ -168,10 +168,10 @@ def gather_mlp(rows, group_sizes, experts, activation: str):
     """Each row through its own expert's weights: M expert matrices read, not E. On a GPU one
     Pallas kernel reads them in place (`grouped_matvec.py`; rows past sum(group_sizes) read
     nothing and come out zero), where a copy would move each matrix three times (BENCHMARKS.md,
-    session 19); elsewhere, and for expert sizes the kernel does not take (not multiples of 16),
-    `copies_mlp`."""
+    session 19); elsewhere `copies_mlp` (`grouped_matvec.runs_here` says where: not off a GPU,
+    not for sizes that are not multiples of 16, not where XLA partitions over a mesh)."""
     _, d_model, d_ff = experts["w_gate"].shape
-    if jax.default_backend() == "gpu" and grouped_matvec.fits(d_model, d_ff):
+    if grouped_matvec.runs_here(d_model, d_ff):
         expert = row_groups(group_sizes, rows.shape[0])  # [M], E past the groups
         return grouped_matvec.in_place_mlp(rows, expert, experts, activation)
     return copies_mlp(rows, group_sizes, experts, activation)

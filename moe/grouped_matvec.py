@@ -77,6 +77,17 @@ def fits(d_model: int, d_ff: int) -> bool:
     return all(_block(size, ROWS) for size in (d_model, d_ff))
 
 
+def runs_here(d_model: int, d_ff: int) -> bool:
+    """Whether `gather` takes the kernel where it is being traced: on a GPU, for experts of sizes
+    it takes, in code that runs per device (no mesh, or inside a shard_map over every mesh axis
+    of more than one device). XLA cannot split a Pallas call over a mesh: under one (the MoE
+    without an `expert` axis, its d_ff split over `tensor`) it would gather every device's
+    weights for it, so the copies run there instead, which XLA does split."""
+    mesh = jax.sharding.get_abstract_mesh()
+    per_device = mesh.empty or all(mesh.shape[axis] == 1 or axis in mesh.manual_axes for axis in mesh.axis_names)
+    return jax.default_backend() == "gpu" and fits(d_model, d_ff) and per_device
+
+
 def grouped_matvec(x, weights: tuple, expert, *, interpret: bool = False) -> list:
     """x [M, K], weights: each [E, K, N], expert [M] int32 in [0, E] (E: none) -> for each weight
     float32 [M, N]: row m times its expert's matrix (zeros for no expert). K and N: multiples of 16.

@@ -5,8 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from chimera.moe import dispatch, grouped_matvec
+from chimera.sharding.mesh import make_mesh
 from chimera.moe.mlp import ACTIVATIONS
 
 
@@ -80,6 +82,37 @@ def test_gather_takes_the_kernel_on_a_gpu(monkeypatch):
     odd = {k: v[:, :12, :12] for k, v in experts.items()}  # 12: not a multiple of 16
     dispatch.gather_mlp(rows[:, :12], jnp.array([1, 1], jnp.int32), odd, "silu")
     assert calls == [(3, 16)]
+
+
+def test_gather_under_a_mesh_takes_the_kernel_per_device_only(monkeypatch):
+    """Under a mesh XLA partitions (tensor=2: the MoE without an `expert` axis) the Pallas call would
+    need every device's weights, so the copies run; inside a shard_map over the mesh (the
+    expert-parallel body) the kernel runs on each device's own experts."""
+    calls, kernel = [], grouped_matvec.in_place_mlp
+
+    def kernel_as_jnp(*args):
+        calls.append(args[0].shape)
+        return kernel(*args, interpret=True)
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(grouped_matvec, "in_place_mlp", kernel_as_jnp)
+    mesh = make_mesh(tensor=2, devices=jax.devices()[:2])
+    rng = np.random.default_rng(3)
+    experts = {"w_gate": jnp.asarray(rng.normal(size=(2, 16, 32)), jnp.float32),
+               "w_up": jnp.asarray(rng.normal(size=(2, 16, 32)), jnp.float32),
+               "w_down": jnp.asarray(rng.normal(size=(2, 32, 16)), jnp.float32)}
+    rows, sizes = jnp.asarray(rng.normal(size=(2, 16)), jnp.float32), jnp.array([1, 1], jnp.int32)
+    alone = dispatch.gather_mlp(rows, sizes, experts, "silu")
+    assert calls == [(2, 16)]
+    with jax.set_mesh(mesh):
+        partitioned = jax.jit(dispatch.gather_mlp, static_argnums=3)(rows, sizes, experts, "silu")
+        assert calls == [(2, 16)]
+        per_device = jax.jit(jax.shard_map(lambda r, s, e: dispatch.gather_mlp(r, s, e, "silu"), mesh=mesh,
+                                           in_specs=(P(), P(), P()), out_specs=P(), check_vma=False))(
+            rows, sizes, experts)
+        assert calls == [(2, 16), (2, 16)]
+    np.testing.assert_allclose(partitioned, alone, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(per_device, alone, rtol=1e-5, atol=1e-5)
 
 
 def test_blocks_and_refusals():
