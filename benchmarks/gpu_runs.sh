@@ -1085,6 +1085,14 @@ print(e({'$filter': sys.argv[1]})[-160:] or 'accepted')" $cand); echo "filter $c
     done
     alternate_bench mixtral-8x7b 1 ${RUNS:-1gpu expert=2 1gpu expert=2}
     ;;
+  x2-moe-meshes-q)  # 2 GPUs (session 19): Mixtral (8 layers) on tensor=2 (no expert axis: XLA partitions the MoE, so
+                   # gather runs its copies) and expert=2 (the kernel per device) == one GPU (the kernel), one prompt
+    R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
+    sed 's/^n_layers: .*/n_layers: 8/' configs/mixtral-8x7b.yaml > $R/mixtral-8layers.yaml
+    JAX_DEFAULT_MATMUL_PRECISION=highest timeout 140 python3 benchmarks/sharded_equality.py --dtype float32 \
+      --config $R/mixtral-8layers.yaml --mesh tensor=2 --mesh expert=2 --prompts 17 --new-tokens 12 \
+      --json $R/equality.json 2>&1 | grep -E '"identical"|rror' | cut -c1-200; save
+    ;;
   x2-percall-p)  # 2 GPUs (session 18, MP of x2-mbar-p): what a decode call costs beside its steps, one GPU and tensor=2
                 # (per_call.py, fresh and pinned), with XLA's command-buffer log (recordings a call, their µs)
     R=/tmp/results; rm -rf $R; mkdir -p $R; save() { tar czf "$OUT/results.tgz" -C $R .; }
