@@ -55,9 +55,9 @@ def test_mlp_equals_float64_and_gather():
     np.testing.assert_allclose(got[:3], copies[:3], rtol=1e-5, atol=1e-5)
 
 
-def test_gather_takes_the_kernel_on_a_gpu(monkeypatch):
-    """With the backend a GPU, `gather` runs the kernel (here as jnp): rows past the groups come out
-    zero instead of going through the last expert; sizes the kernel cannot block keep the copies."""
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """The backend said to be a GPU, the kernel run as jnp: the list of the rows' shapes it was called with."""
     calls, kernel = [], grouped_matvec.in_place_mlp
 
     def kernel_as_jnp(*args):
@@ -66,13 +66,19 @@ def test_gather_takes_the_kernel_on_a_gpu(monkeypatch):
 
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(grouped_matvec, "in_place_mlp", kernel_as_jnp)
+    return calls
+
+
+def test_gather_takes_the_kernel_on_a_gpu(kernel_calls):
+    """With the backend a GPU, `gather` runs the kernel (here as jnp): rows past the groups come out
+    zero instead of going through the last expert; sizes the kernel cannot block keep the copies."""
     rng = np.random.default_rng(2)
     experts = {"w_gate": jnp.asarray(rng.normal(size=(2, 16, 32)), jnp.float32),
                "w_up": jnp.asarray(rng.normal(size=(2, 16, 32)), jnp.float32),
                "w_down": jnp.asarray(rng.normal(size=(2, 32, 16)), jnp.float32)}
     rows = jnp.asarray(rng.normal(size=(3, 16)), jnp.float32)
     out = dispatch.gather_mlp(rows, jnp.array([1, 1], jnp.int32), experts, "silu")  # row 2: no expert
-    assert calls == [(3, 16)]
+    assert kernel_calls == [(3, 16)]
     np.testing.assert_array_equal(out[2], 0)
     w = {k: np.asarray(v, np.float64) for k, v in experts.items()}
     for m in range(2):  # row m: expert m
@@ -81,21 +87,13 @@ def test_gather_takes_the_kernel_on_a_gpu(monkeypatch):
         np.testing.assert_allclose(out[m], want, rtol=1e-5, atol=1e-4)
     odd = {k: v[:, :12, :12] for k, v in experts.items()}  # 12: not a multiple of 16
     dispatch.gather_mlp(rows[:, :12], jnp.array([1, 1], jnp.int32), odd, "silu")
-    assert calls == [(3, 16)]
+    assert kernel_calls == [(3, 16)]
 
 
-def test_gather_under_a_mesh_takes_the_kernel_per_device_only(monkeypatch):
+def test_gather_under_a_mesh_takes_the_kernel_per_device_only(kernel_calls):
     """Under a mesh XLA partitions (tensor=2: the MoE without an `expert` axis) the Pallas call would
     need every device's weights, so the copies run; inside a shard_map over the mesh (the
     expert-parallel body) the kernel runs on each device's own experts."""
-    calls, kernel = [], grouped_matvec.in_place_mlp
-
-    def kernel_as_jnp(*args):
-        calls.append(args[0].shape)
-        return kernel(*args, interpret=True)
-
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    monkeypatch.setattr(grouped_matvec, "in_place_mlp", kernel_as_jnp)
     mesh = make_mesh(tensor=2, devices=jax.devices()[:2])
     rng = np.random.default_rng(3)
     experts = {"w_gate": jnp.asarray(rng.normal(size=(2, 16, 32)), jnp.float32),
@@ -103,14 +101,14 @@ def test_gather_under_a_mesh_takes_the_kernel_per_device_only(monkeypatch):
                "w_down": jnp.asarray(rng.normal(size=(2, 32, 16)), jnp.float32)}
     rows, sizes = jnp.asarray(rng.normal(size=(2, 16)), jnp.float32), jnp.array([1, 1], jnp.int32)
     alone = dispatch.gather_mlp(rows, sizes, experts, "silu")
-    assert calls == [(2, 16)]
+    assert kernel_calls == [(2, 16)]
     with jax.set_mesh(mesh):
         partitioned = jax.jit(dispatch.gather_mlp, static_argnums=3)(rows, sizes, experts, "silu")
-        assert calls == [(2, 16)]
+        assert kernel_calls == [(2, 16)]
         per_device = jax.jit(jax.shard_map(lambda r, s, e: dispatch.gather_mlp(r, s, e, "silu"), mesh=mesh,
                                            in_specs=(P(), P(), P()), out_specs=P(), check_vma=False))(
             rows, sizes, experts)
-        assert calls == [(2, 16), (2, 16)]
+        assert kernel_calls == [(2, 16), (2, 16)]
     np.testing.assert_allclose(partitioned, alone, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(per_device, alone, rtol=1e-5, atol=1e-5)
 
