@@ -74,7 +74,7 @@ def _block_k(dtype) -> int:
 
 def fits(d_model: int, d_ff: int) -> bool:
     """Whether in_place_mlp takes experts of these sizes (each a multiple of 16)."""
-    return all(_block(size, ROWS) for size in (d_model, d_ff))
+    return d_model % ROWS == 0 and d_ff % ROWS == 0
 
 
 def runs_here(d_model: int, d_ff: int) -> bool:
@@ -119,7 +119,7 @@ def grouped_matvec(x, weights: tuple, expert, *, interpret: bool = False) -> lis
 def in_place_mlp(rows, expert, experts, activation: str, *, interpret: bool = False):
     """rows [M, D], expert [M] in [0, E] (E: none) -> each row through its expert's gated MLP
     [M, D] in rows' dtype, zeros for rows of no expert; each product rounded to rows' dtype as
-    `dispatch.gather_mlp`'s. experts: w_gate, w_up [E, D, F], w_down [E, F, D]."""
+    `dispatch.copies_mlp`'s. experts: w_gate, w_up [E, D, F], w_down [E, F, D]."""
     gate, up = grouped_matvec(rows, (experts["w_gate"], experts["w_up"]), expert, interpret=interpret)  # [M, F]
     hidden = ACTIVATIONS[activation](gate.astype(rows.dtype)) * up.astype(rows.dtype)  # [M, F]
     (out,) = grouped_matvec(hidden, (experts["w_down"],), expert, interpret=interpret)  # [M, D]
